@@ -1,0 +1,1 @@
+"""DICOM and FHIR in and out. Knows nothing of the model: arrays and plain records only."""

@@ -1,0 +1,28 @@
+"""Validation of the free-text hypothesis before it reaches the tokenizer."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from inference.errors import HypothesisError
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalise_hypothesis(text: str, *, max_chars: int) -> str:
+    """Return the hypothesis with control characters removed and whitespace folded.
+
+    Refuses an empty text and one longer than ``max_chars``: a long text would
+    crowd the image tokens out of the model's context, and nothing a radiologist
+    types as a hypothesis needs more than a few sentences.
+    """
+    if not isinstance(text, str):
+        raise HypothesisError("the hypothesis must be text")
+    cleaned = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C" or ch in "\t\n")
+    cleaned = _WHITESPACE.sub(" ", cleaned).strip()
+    if not cleaned:
+        raise HypothesisError("the hypothesis is empty")
+    if len(cleaned) > max_chars:
+        raise HypothesisError(f"the hypothesis has {len(cleaned)} characters; the limit is {max_chars}")
+    return cleaned

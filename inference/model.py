@@ -1,0 +1,158 @@
+"""ProgEmu on transformers' Emu3 classes: load a checkpoint, or build a small one.
+
+A checkpoint in the Hugging Face format is an ``Emu3ForConditionalGeneration``
+``save_pretrained`` directory with its tokenizer, plus an optional
+``progemu.json`` (name, version, image size). Small models built here take
+exactly the loading path a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    Emu3Config,
+    Emu3ForConditionalGeneration,
+    Emu3TextConfig,
+    Emu3VQVAEConfig,
+    PreTrainedTokenizerBase,
+)
+
+from inference.checkpoint import (
+    SPEC_NAME,
+    check_safetensors,
+    checkpoint_identity,
+    read_json,
+    weight_files,
+    write_manifest,
+)
+from inference.errors import CheckpointError
+from inference.sequence import PromptBuilder, TokenLayout
+from inference.text_tokenizer import build_byte_tokenizer
+from inference.tokenizer import Emu3VisionTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the weights alone don't say: the model's name and version, and its image size."""
+
+    name: str = "ProgEmu"
+    version: str = "progemu-1.0"
+    image_size: int = 512
+    max_text_tokens: int = 200
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class ProgEmuModel:
+    """A loaded checkpoint: the network, its tokenizers and layout, and its identity."""
+
+    network: Emu3ForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    vision: Emu3VisionTokenizer
+    layout: TokenLayout
+    spec: ModelSpec
+    checkpoint_sha256: str
+    path: Path
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        return PromptBuilder(self.layout, self.tokenizer)
+
+    @property
+    def grid(self) -> int:
+        return self.spec.image_size // self.vision.downsample
+
+
+def _check_architecture(config: dict, directory: Path) -> None:
+    model_type = str(config.get("model_type", ""))
+    architectures = config.get("architectures") or []
+    if model_type == "emu3" and "Emu3ForConditionalGeneration" in architectures:
+        return
+    if model_type.lower() == "emu3":
+        raise CheckpointError(
+            f"{directory} is in Emu3's original layout ({', '.join(architectures) or model_type}); "
+            "convert it first with `progemu convert-checkpoint`")
+    raise CheckpointError(f"{directory} is not an Emu3/ProgEmu checkpoint (model_type {model_type or 'missing'})")
+
+
+def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ProgEmuModel:
+    """Load a ProgEmu checkpoint in the Hugging Face format, refusing broken ones with a clear error."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    config = read_json(directory / "config.json")
+    _check_architecture(config, directory)
+    for weights in weight_files(directory):
+        check_safetensors(weights)
+    if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer_config.json").exists():
+        raise CheckpointError(f"checkpoint {directory} lacks its tokenizer (tokenizer.json)")
+    identity = checkpoint_identity(directory)
+    spec_path = directory / SPEC_NAME
+    spec = ModelSpec.from_dict(read_json(spec_path)) if spec_path.exists() else ModelSpec()
+    try:
+        network = Emu3ForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, RuntimeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot load {directory}: {first_line}") from None
+    vision = Emu3VisionTokenizer(network.model.vqmodel)
+    layout = TokenLayout.from_tokenizer(tokenizer, vision.codebook_size)
+    vocab = network.config.text_config.vocab_size
+    if layout.visual_offset + layout.codebook_size > vocab:
+        raise CheckpointError(f"the tokenizer's visual tokens run past the model's vocabulary of {vocab}")
+    if spec.image_size % vision.downsample:
+        raise CheckpointError(f"image size {spec.image_size} is not a multiple of {vision.downsample}")
+    log.info("loaded %s %s (checkpoint sha256 %s…)", spec.name, spec.version, identity[:12])
+    return ProgEmuModel(network, tokenizer, vision, layout, spec, identity, directory)
+
+
+def build_small_progemu(
+    *,
+    codebook_size: int = 512,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    vq_base_channels: int = 32,
+    seed: int = 0,
+) -> tuple[Emu3ForConditionalGeneration, PreTrainedTokenizerBase]:
+    """A small random-init ProgEmu: full Emu3 architecture, byte tokenizer, small VQ codebook."""
+    tokenizer = build_byte_tokenizer(codebook_size)
+    layout = TokenLayout.from_tokenizer(tokenizer, codebook_size)
+    vocabulary_map = {tokenizer.convert_ids_to_tokens(i): i for i in range(len(tokenizer))}
+    text = Emu3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 3,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=2048, pad_token_id=layout.pad, bos_token_id=layout.bos,
+        eos_token_id=layout.eos, attention_dropout=0.0,
+    )
+    vq = Emu3VQVAEConfig(codebook_size=codebook_size, base_channels=vq_base_channels,
+                         channel_multiplier=[1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[],
+                         hidden_size=vq_base_channels * 4, num_attention_heads=1)
+    config = Emu3Config(vq_config=vq.to_dict(), text_config=text.to_dict(), vocabulary_map=vocabulary_map)
+    torch.manual_seed(seed)
+    network = Emu3ForConditionalGeneration(config).eval()
+    return network, tokenizer
+
+
+def save_progemu(network: Emu3ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec,
+                 out: str | Path) -> str:
+    """Save in the Hugging Face format with ``progemu.json`` and the manifest; return the identity."""
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    network.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / SPEC_NAME).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return write_manifest(directory)

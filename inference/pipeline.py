@@ -1,0 +1,71 @@
+"""Image + hypothesis in, counterfactual image + interpretation out, whichever engine runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference.engines.base import CancelCheck, Engine, ProgressCallback
+from inference.errors import HypothesisError
+from inference.hypothesis import normalise_hypothesis
+from inference.model import ProgEmuModel
+from inference.sampler import Sampler, SamplerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """One generated follow-up: images are float32 [S, S] in [0, 1] at the model's image size."""
+
+    image: np.ndarray
+    prior_reconstruction: np.ndarray
+    """The prior as the VQ tokenizer sees it: the fair baseline for a difference map."""
+    hypothesis: str
+    interpretation: str
+    settings: SamplerSettings
+    generated_tokens: int
+    seconds: float
+
+
+class CounterfactualPipeline:
+    """Runs ProgEmu's sequence: encode the prior, prompt, generate, decode image and text."""
+
+    def __init__(self, model: ProgEmuModel, engine: Engine, *, max_hypothesis_chars: int = 500) -> None:
+        self.model = model
+        self.engine = engine
+        self.max_hypothesis_chars = max_hypothesis_chars
+
+    @property
+    def image_size(self) -> int:
+        return self.model.spec.image_size
+
+    def run(self, prior: np.ndarray, hypothesis: str, settings: SamplerSettings, *,
+            progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> Counterfactual:
+        started = time.perf_counter()
+        model = self.model
+        hypothesis = normalise_hypothesis(hypothesis, max_chars=self.max_hypothesis_chars)
+        size = self.image_size
+        if prior.shape != (size, size):
+            raise ValueError(f"the prior must be {size}x{size} for this model, not {prior.shape}")
+        codes = model.vision.encode(np.clip(prior, 0.0, 1.0)[None].astype(np.float32))[0]
+        grid = codes.shape[0]
+        prompts = model.prompts
+        cond = prompts.conditional_prompt(codes, hypothesis)
+        uncond = prompts.unconditional_prompt(grid, grid)
+        sampler = Sampler(settings, model.layout, grid, grid)
+        context = model.network.config.text_config.max_position_embeddings
+        if len(cond) + sampler.state.total > context:
+            raise HypothesisError(f"the hypothesis is too long for this model's context of {context} tokens")
+        generated = self.engine.generate(cond, uncond, sampler, progress=progress, cancel=cancel)
+        image_length = model.layout.image_tokens_length(grid, grid)
+        out_codes = prompts.codes_from_generated(generated[:image_length], grid, grid)
+        decoded = model.vision.decode(np.stack([out_codes, codes]))
+        text_ids = [t for t in generated[image_length:] if t != model.layout.eos]
+        interpretation = model.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        seconds = time.perf_counter() - started
+        log.info("generated %d tokens in %.2f s with the %s engine", len(generated), seconds, self.engine.name)
+        return Counterfactual(decoded[0], decoded[1], hypothesis, interpretation, settings, len(generated), seconds)

@@ -1,0 +1,115 @@
+"""The ``progemu`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from dicom_io.errors import DicomInputError
+from inference.errors import InferenceError
+from plugin import __version__
+from plugin.config import DEMO_PRIOR, Settings
+
+log = logging.getLogger("progemu")
+
+DEMO_HYPOTHESIS = "A moderate left pleural effusion has developed."
+
+
+class UsageError(Exception):
+    """A refusal to report as one line, without a traceback."""
+
+
+def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="output directory")
+    parser.add_argument("--seed", type=int, help="sampling seed (same seed, same output)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the shipped demo model)")
+    parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--top-k", type=int, help="top-k sampling (0 = off)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--fhir-version", choices=("R5", "R4B"), help="FHIR release of fhir.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="progemu", description="Counterfactual chest X-ray progression (ProgEmu).")
+    parser.add_argument("--version", action="version", version=f"progemu-pacs {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cf = commands.add_parser("counterfactual", help="generate a counterfactual from a prior DICOM image")
+    cf.add_argument("prior", type=Path, help="the prior image (CR, DX or grayscale SC)")
+    cf.add_argument("--hypothesis", required=True, help='e.g. "the left pleural effusion worsens"')
+    _add_sampler_options(cf)
+
+    demo = commands.add_parser("demo", help="run on the shipped synthetic prior with the shipped demo model")
+    demo.add_argument("--hypothesis", default=DEMO_HYPOTHESIS, help=f'default: "{DEMO_HYPOTHESIS}"')
+    _add_sampler_options(demo)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"model_path": args.model, "fhir_version": args.fhir_version}
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> None:
+    from plugin.counterfactual import write_outputs
+    from plugin.runtime import default_sampler_settings, load_service, quiet_transformers
+
+    if not prior.is_file():
+        raise UsageError(f"prior image {prior} does not exist")
+    config = _settings(args)
+    sampler = default_sampler_settings(config, seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k,
+                                       top_p=args.top_p, temperature=args.temperature)
+    started = time.perf_counter()
+    quiet_transformers()
+    service = load_service(config)
+    with tqdm(desc="generating", unit="tok", leave=False, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        outputs = service.run(prior, args.hypothesis, sampler, progress=progress)
+    paths = write_outputs(outputs, out)
+    result = outputs.result
+    print(f"wrote {', '.join(p.name for p in paths.values())} to {out} in {time.perf_counter() - started:.1f} s"
+          f" | {outputs.algorithm.name} {outputs.algorithm.version} | seed {result.settings.seed}"
+          f" | {result.generated_tokens} tokens in {result.seconds:.1f} s"
+          f" | interpretation: {result.interpretation[:120]!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        if args.command == "counterfactual":
+            _run_counterfactual(args, args.prior, args.out or Path("progemu-output"))
+        elif args.command == "demo":
+            _run_counterfactual(args, DEMO_PRIOR, args.out or Path("progemu-demo"))
+    except (DicomInputError, InferenceError, UsageError) as exc:
+        print(f"progemu: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"progemu: error: bad configuration: {problems}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"progemu: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

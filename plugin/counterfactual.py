@@ -1,0 +1,115 @@
+"""One use case: a prior DICOM image + hypothesis -> counterfactual SC, SR, FHIR Bundle and preview.
+
+This is the only place where the two wings meet: dicom_io reads and writes
+DICOM/FHIR, inference generates, and nothing here knows the details of either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.uid import generate_uid
+
+from dicom_io.fhir import build_fhir_bundle
+from dicom_io.geometry import from_square, to_square
+from dicom_io.reader import read_prior
+from dicom_io.records import AlgorithmRecord, CounterfactualText
+from dicom_io.sc import build_counterfactual_sc
+from dicom_io.sr import build_counterfactual_sr
+from inference.engines.base import CancelCheck, ProgressCallback
+from inference.pipeline import Counterfactual, CounterfactualPipeline
+from inference.sampler import SamplerSettings
+from plugin import __version__
+from plugin.config import Settings
+from plugin.preview import render_preview
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAMES = {"sc": "counterfactual.dcm", "sr": "report.dcm", "fhir": "fhir.json", "preview": "preview.png"}
+
+
+@dataclass(frozen=True)
+class CounterfactualOutputs:
+    """Everything one request produces, in memory until written."""
+
+    sc: pydicom.Dataset
+    sr: pydicom.Dataset
+    fhir: dict
+    preview: Image.Image
+    result: Counterfactual
+    algorithm: AlgorithmRecord
+
+
+def algorithm_record(pipeline: CounterfactualPipeline, settings: SamplerSettings) -> AlgorithmRecord:
+    """The algorithm's identity for this run; its Device UID is stable for one name, version and checkpoint."""
+    model = pipeline.model
+    device_uid = generate_uid(entropy_srcs=[model.spec.name, model.spec.version, model.checkpoint_sha256])
+    parameters = {**settings.as_parameters(), "engine": pipeline.engine.name,
+                  "image_size": str(model.spec.image_size)}
+    return AlgorithmRecord(name=model.spec.name, version=model.spec.version,
+                           checkpoint_sha256=model.checkpoint_sha256, software_version=__version__,
+                           device_uid=device_uid, parameters=parameters)
+
+
+class CounterfactualService:
+    """Runs the use case with one loaded pipeline (load the model once, serve many requests)."""
+
+    def __init__(self, pipeline: CounterfactualPipeline, config: Settings) -> None:
+        self.pipeline = pipeline
+        self.config = config
+
+    def run(self, prior_source: str | os.PathLike | pydicom.Dataset, hypothesis: str, settings: SamplerSettings,
+            *, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> CounterfactualOutputs:
+        prior = read_prior(prior_source, max_pixels=self.config.max_image_pixels)
+        square, box = to_square(prior.pixels, self.pipeline.image_size)
+        result = self.pipeline.run(square, hypothesis, settings, progress=progress, cancel=cancel)
+        counterfactual = from_square(result.image, box)
+        algorithm = algorithm_record(self.pipeline, settings)
+        text = CounterfactualText(hypothesis=result.hypothesis, interpretation=result.interpretation)
+        sc = build_counterfactual_sc(prior.dataset, counterfactual, algorithm=algorithm, text=text)
+        sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text)
+        fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text,
+                                 fhir_version=self.config.fhir_version)
+        preview = render_preview(from_square(result.prior_reconstruction, box), counterfactual,
+                                 hypothesis=result.hypothesis, interpretation=result.interpretation)
+        log.info("counterfactual SC %s and SR %s built", sc.SOPInstanceUID, sr.SOPInstanceUID)
+        return CounterfactualOutputs(sc, sr, fhir, preview, result, algorithm)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file and rename, so a crash never leaves a half-written output."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write the four outputs into ``out_dir`` and return their paths."""
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {key: directory / name for key, name in OUTPUT_NAMES.items()}
+    _atomic_write(paths["sc"], lambda p: outputs.sc.save_as(p, enforce_file_format=True))
+    _atomic_write(paths["sr"], lambda p: outputs.sr.save_as(p, enforce_file_format=True))
+    _atomic_write(paths["fhir"], lambda p: p.write_text(json.dumps(outputs.fhir, indent=2) + "\n"))
+    _atomic_write(paths["preview"], lambda p: outputs.preview.save(p, format="PNG"))
+    return paths
+
+
+def pixel_digest(dataset: pydicom.Dataset) -> str:
+    """sha256 of the pixel data, to show that the same seed gives the same image."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(dataset.pixel_array).tobytes()).hexdigest()
