@@ -30,10 +30,18 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+EXCLUDED_DIRS = ("onnx",)
+"""Derived artefacts kept beside a checkpoint, with manifests of their own."""
+
+
 def compute_manifest(directory: Path) -> dict[str, str]:
-    """sha256 of every top-level file of the checkpoint (sub-folders such as ``onnx/`` have their own)."""
-    return {p.name: _sha256_file(p) for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != MANIFEST_NAME}
+    """sha256 of every file of the checkpoint, by relative path (derived ``onnx/`` exports excluded)."""
+    manifest = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_file() and relative.as_posix() != MANIFEST_NAME and relative.parts[0] not in EXCLUDED_DIRS:
+            manifest[relative.as_posix()] = _sha256_file(path)
+    return manifest
 
 
 def manifest_text(manifest: dict[str, str]) -> str:

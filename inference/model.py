@@ -17,8 +17,10 @@ import torch
 from transformers import (
     AutoTokenizer,
     Emu3Config,
+    Emu3ForCausalLM,
     Emu3ForConditionalGeneration,
     Emu3TextConfig,
+    Emu3TextModel,
     Emu3VQVAEConfig,
     PreTrainedTokenizerBase,
 )
@@ -34,9 +36,12 @@ from inference.checkpoint import (
 from inference.errors import CheckpointError
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.text_tokenizer import build_byte_tokenizer
-from inference.tokenizer import Emu3VisionTokenizer
+from inference.small_vq import SmallVisionTokenizer, SmallVQVAE
+from inference.tokenizer import Emu3VisionTokenizer, VisionTokenizer
 
 log = logging.getLogger(__name__)
+
+SMALL_VQ_DIR = "vq"
 
 
 @dataclass(frozen=True)
@@ -57,15 +62,20 @@ class ModelSpec:
 
 @dataclass
 class ProgEmuModel:
-    """A loaded checkpoint: the network, its tokenizers and layout, and its identity."""
+    """A loaded checkpoint: the language model, its tokenizers and layout, and its identity."""
 
-    network: Emu3ForConditionalGeneration
+    text_model: Emu3TextModel
+    lm_head: torch.nn.Linear
     tokenizer: PreTrainedTokenizerBase
-    vision: Emu3VisionTokenizer
+    vision: VisionTokenizer
     layout: TokenLayout
     spec: ModelSpec
     checkpoint_sha256: str
     path: Path
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.text_model.config.max_position_embeddings)
 
     @property
     def prompts(self) -> PromptBuilder:
@@ -76,16 +86,32 @@ class ProgEmuModel:
         return self.spec.image_size // self.vision.downsample
 
 
-def _check_architecture(config: dict, directory: Path) -> None:
+def _architecture(config: dict, directory: Path) -> str:
+    """Which of the two loadable layouts this is, or a clear refusal."""
     model_type = str(config.get("model_type", ""))
     architectures = config.get("architectures") or []
     if model_type == "emu3" and "Emu3ForConditionalGeneration" in architectures:
-        return
+        return "conditional-generation"
+    if model_type == "emu3_text_model" and "Emu3ForCausalLM" in architectures:
+        if not (directory / SMALL_VQ_DIR).is_dir():
+            raise CheckpointError(f"{directory} holds a language model but no {SMALL_VQ_DIR}/ image tokenizer")
+        return "causal-lm+small-vq"
     if model_type.lower() == "emu3":
         raise CheckpointError(
             f"{directory} is in Emu3's original layout ({', '.join(architectures) or model_type}); "
             "convert it first with `progemu convert-checkpoint`")
     raise CheckpointError(f"{directory} is not an Emu3/ProgEmu checkpoint (model_type {model_type or 'missing'})")
+
+
+def _load_modules(directory: Path, architecture: str, dtype: torch.dtype
+                  ) -> tuple[torch.nn.Module, Emu3TextModel, torch.nn.Linear, VisionTokenizer]:
+    if architecture == "conditional-generation":
+        network = Emu3ForConditionalGeneration.from_pretrained(directory, dtype=dtype)
+        return network, network.model.text_model, network.lm_head, Emu3VisionTokenizer(network.model.vqmodel)
+    network = Emu3ForCausalLM.from_pretrained(directory, dtype=dtype)
+    vq = SmallVQVAE.load(directory / SMALL_VQ_DIR)
+    holder = torch.nn.ModuleDict({"lm": network, "vq": vq})
+    return holder, network.model, network.lm_head, SmallVisionTokenizer(vq)
 
 
 def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ProgEmuModel:
@@ -94,7 +120,7 @@ def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = 
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     config = read_json(directory / "config.json")
-    _check_architecture(config, directory)
+    architecture = _architecture(config, directory)
     for weights in weight_files(directory):
         check_safetensors(weights)
     if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer_config.json").exists():
@@ -103,20 +129,20 @@ def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = 
     spec_path = directory / SPEC_NAME
     spec = ModelSpec.from_dict(read_json(spec_path)) if spec_path.exists() else ModelSpec()
     try:
-        network = Emu3ForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
+        holder, text_model, lm_head, vision = _load_modules(directory, architecture, dtype)
+        holder.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {directory}: {first_line}") from None
-    vision = Emu3VisionTokenizer(network.model.vqmodel)
     layout = TokenLayout.from_tokenizer(tokenizer, vision.codebook_size)
-    vocab = network.config.text_config.vocab_size
+    vocab = text_model.config.vocab_size
     if layout.visual_offset + layout.codebook_size > vocab:
         raise CheckpointError(f"the tokenizer's visual tokens run past the model's vocabulary of {vocab}")
     if spec.image_size % vision.downsample:
         raise CheckpointError(f"image size {spec.image_size} is not a multiple of {vision.downsample}")
     log.info("loaded %s %s (checkpoint sha256 %s…)", spec.name, spec.version, identity[:12])
-    return ProgEmuModel(network, tokenizer, vision, layout, spec, identity, directory)
+    return ProgEmuModel(text_model, lm_head, tokenizer, vision, layout, spec, identity, directory)
 
 
 def build_small_progemu(

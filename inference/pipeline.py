@@ -57,7 +57,7 @@ class CounterfactualPipeline:
         cond = prompts.conditional_prompt(codes, hypothesis)
         uncond = prompts.unconditional_prompt(grid, grid)
         sampler = Sampler(settings, model.layout, grid, grid)
-        context = model.network.config.text_config.max_position_embeddings
+        context = model.max_positions
         if len(cond) + sampler.state.total > context:
             raise HypothesisError(f"the hypothesis is too long for this model's context of {context} tokens")
         generated = self.engine.generate(cond, uncond, sampler, progress=progress, cancel=cancel)

@@ -24,7 +24,7 @@ def quiet_transformers() -> None:
 
 def load_service(config: Settings) -> CounterfactualService:
     model = load_progemu(config.model_path, device=config.resolved_device())
-    pipeline = CounterfactualPipeline(model, TorchEngine(model.network),
+    pipeline = CounterfactualPipeline(model, TorchEngine(model.text_model, model.lm_head),
                                       max_hypothesis_chars=config.max_hypothesis_chars)
     return CounterfactualService(pipeline, config)
 

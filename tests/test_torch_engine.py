@@ -20,8 +20,8 @@ def prompts(model: ProgEmuModel) -> tuple[list[int], list[int], int]:
 
 @torch.inference_mode()
 def last_logits(model: ProgEmuModel, ids: list[int]) -> np.ndarray:
-    out = model.network(input_ids=torch.tensor([ids]))
-    return out.logits[0, -1].numpy()
+    hidden = model.text_model(input_ids=torch.tensor([ids])).last_hidden_state
+    return model.lm_head(hidden[0, -1]).numpy()
 
 
 def test_left_padding_counts_real_tokens_only() -> None:
@@ -34,7 +34,7 @@ def test_left_padding_counts_real_tokens_only() -> None:
 def test_batched_cfg_rows_match_single_rows(small_model: ProgEmuModel) -> None:
     """The pair run as one batch gives each row the logits it gets alone, over several steps."""
     cond, uncond, _ = prompts(small_model)
-    engine = TorchEngine(small_model.network)
+    engine = TorchEngine(small_model.text_model, small_model.lm_head)
     batch = PromptBatch.left_padded([cond, uncond], small_model.layout.pad)
     from transformers import DynamicCache
 
@@ -57,7 +57,7 @@ def test_batched_cfg_rows_match_single_rows(small_model: ProgEmuModel) -> None:
 
 def test_generate_is_reproducible_and_reports_progress(small_model: ProgEmuModel) -> None:
     cond, uncond, grid = prompts(small_model)
-    engine = TorchEngine(small_model.network)
+    engine = TorchEngine(small_model.text_model, small_model.lm_head)
     seen: list[tuple[int, int]] = []
     settings = SamplerSettings(seed=11, max_text_tokens=6)
     first = engine.generate(cond, uncond, Sampler(settings, small_model.layout, grid, grid),
@@ -71,7 +71,7 @@ def test_generate_is_reproducible_and_reports_progress(small_model: ProgEmuModel
 
 def test_generate_can_be_cancelled(small_model: ProgEmuModel) -> None:
     cond, uncond, grid = prompts(small_model)
-    engine = TorchEngine(small_model.network)
+    engine = TorchEngine(small_model.text_model, small_model.lm_head)
     calls = []
 
     def cancel() -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import DynamicCache, Emu3ForConditionalGeneration
+from transformers import DynamicCache, Emu3TextModel
 
 from inference.engines.base import CancelCheck, ProgressCallback, PromptBatch, report
 from inference.sampler import Sampler
@@ -15,10 +15,10 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, network: Emu3ForConditionalGeneration) -> None:
-        self.network = network
-        self.text_model = network.model.text_model
-        self.device = next(network.parameters()).device
+    def __init__(self, text_model: Emu3TextModel, lm_head: torch.nn.Linear) -> None:
+        self.text_model = text_model
+        self.lm_head = lm_head
+        self.device = next(text_model.parameters()).device
 
     def _step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, cache: DynamicCache) -> np.ndarray:
         out = self.text_model(
@@ -27,7 +27,7 @@ class TorchEngine:
             position_ids=torch.from_numpy(positions).to(self.device),
             cache=cache, use_cache=True,
         )
-        logits = self.network.lm_head(out.last_hidden_state[:, -1])
+        logits = self.lm_head(out.last_hidden_state[:, -1])
         return logits.float().cpu().numpy()
 
     @torch.inference_mode()

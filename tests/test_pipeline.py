@@ -1,0 +1,49 @@
+"""Image + hypothesis in, image + interpretation out."""
+
+import numpy as np
+import pytest
+
+from inference.engines.torch_engine import TorchEngine
+from inference.errors import HypothesisError
+from inference.model import ProgEmuModel
+from inference.pipeline import CounterfactualPipeline
+from inference.sampler import SamplerSettings
+
+
+@pytest.fixture(scope="module")
+def pipeline(small_model: ProgEmuModel) -> CounterfactualPipeline:
+    return CounterfactualPipeline(small_model, TorchEngine(small_model.text_model, small_model.lm_head), max_hypothesis_chars=80)
+
+
+def prior() -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:64] / 63.0
+    return (0.2 + 0.6 * np.exp(-((x - 0.5) ** 2 + (y - 0.5) ** 2) * 6)).astype(np.float32)
+
+
+def test_run_returns_image_and_text(pipeline: CounterfactualPipeline) -> None:
+    out = pipeline.run(prior(), "  mild right effusion develops ", SamplerSettings(seed=4, max_text_tokens=10))
+    assert out.image.shape == (64, 64) and out.image.dtype == np.float32
+    assert 0.0 <= out.image.min() and out.image.max() <= 1.0
+    assert out.prior_reconstruction.shape == (64, 64)
+    assert out.hypothesis == "mild right effusion develops"
+    assert isinstance(out.interpretation, str)
+    image_tokens = pipeline.model.layout.image_tokens_length(8, 8)
+    assert image_tokens < out.generated_tokens <= image_tokens + 11
+
+
+def test_same_seed_gives_identical_pixels(pipeline: CounterfactualPipeline) -> None:
+    settings = SamplerSettings(seed=9, max_text_tokens=4)
+    a = pipeline.run(prior(), "cardiomegaly worsens", settings)
+    b = pipeline.run(prior(), "cardiomegaly worsens", settings)
+    c = pipeline.run(prior(), "cardiomegaly worsens", SamplerSettings(seed=10, max_text_tokens=4))
+    assert a.image.tobytes() == b.image.tobytes() and a.interpretation == b.interpretation
+    assert a.image.tobytes() != c.image.tobytes()
+
+
+def test_wrong_size_and_bad_hypothesis_are_refused(pipeline: CounterfactualPipeline) -> None:
+    with pytest.raises(ValueError, match="64x64"):
+        pipeline.run(np.zeros((32, 32), np.float32), "x", SamplerSettings())
+    with pytest.raises(HypothesisError, match="empty"):
+        pipeline.run(prior(), " ", SamplerSettings())
+    with pytest.raises(HypothesisError, match="limit is 80"):
+        pipeline.run(prior(), "y" * 81, SamplerSettings())
