@@ -35,8 +35,8 @@ from inference.checkpoint import (
 )
 from inference.errors import CheckpointError
 from inference.sequence import PromptBuilder, TokenLayout
-from inference.text_tokenizer import build_byte_tokenizer
 from inference.small_vq import SmallVisionTokenizer, SmallVQVAE
+from inference.text_tokenizer import build_byte_tokenizer
 from inference.tokenizer import Emu3VisionTokenizer, VisionTokenizer
 
 log = logging.getLogger(__name__)

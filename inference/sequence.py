@@ -27,6 +27,8 @@ IMAGE_END = "<|image end|>"
 EOL = "<|extra_200|>"
 EOF = "<|extra_201|>"
 SPECIAL_TOKENS = (PAD, EOL, EOF, BOS, EOS, IMAGE_TOKEN, IMAGE_START, IMAGE_END)
+IGNORE_INDEX = -100
+"""Label of positions the loss skips (the prompt)."""
 
 
 def visual_token_name(code: int) -> str:
@@ -127,6 +129,20 @@ class PromptBuilder:
     def unconditional_prompt(self, height: int, width: int) -> list[int]:
         """``BOS <image header>``: ProgEmu's empty prompt (prior and hypothesis dropped), CFG's negative row."""
         return [self.layout.bos, *self.image_header(height, width)]
+
+    def training_example(self, prior_codes: np.ndarray, hypothesis: str, followup_codes: np.ndarray,
+                         interpretation: str, *, unconditional: bool = False) -> tuple[list[int], list[int]]:
+        """Token ids and labels for one quadruple, exactly as inference will prompt.
+
+        The loss covers only what the model generates: the follow-up image rows
+        and the interpretation with EOS. ``unconditional`` drops the prior image
+        and the hypothesis (ProgEmu's null prompt), which is what CFG relies on.
+        """
+        height, width = followup_codes.shape
+        prefix = (self.unconditional_prompt(height, width) if unconditional
+                  else self.conditional_prompt(prior_codes, hypothesis))
+        target = [*self.image_body(followup_codes), *self.text(interpretation), self.layout.eos]
+        return prefix + target, [IGNORE_INDEX] * len(prefix) + target
 
     def codes_from_generated(self, generated: list[int], height: int, width: int) -> np.ndarray:
         """Recover the VQ code grid from the generated image tokens (rows, EOLs, EOF, image end)."""

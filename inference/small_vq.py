@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from inference.tokenizer import decode_with, encode_with
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -108,16 +110,18 @@ class SmallVisionTokenizer:
     """:class:`~inference.tokenizer.VisionTokenizer` over a :class:`SmallVQVAE`."""
 
     def __init__(self, model: SmallVQVAE) -> None:
-        self.model = model
+        self.module = model
         self.downsample = model.config.downsample
         self.codebook_size = model.config.codebook_size
 
-    @torch.inference_mode()
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.asarray(images, dtype=np.float32))[:, None]
-        return self.model.quantize(self.model.encode_latents(x)).numpy().astype(np.int64)
+    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module.quantize(self.module.encode_latents(images[:, None]))
 
-    @torch.inference_mode()
+    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.module.decode_codes(codes)[:, 0]
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return encode_with(self, images)
+
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        images = self.model.decode_codes(torch.from_numpy(np.asarray(codes, dtype=np.int64)))
-        return images[:, 0].clamp(0.0, 1.0).numpy().astype(np.float32)
+        return decode_with(self, codes)

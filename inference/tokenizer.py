@@ -15,10 +15,19 @@ from transformers import Emu3VQVAE
 
 
 class VisionTokenizer(Protocol):
-    """Encode grayscale images to VQ codes and back."""
+    """Encode grayscale images to VQ codes and back.
+
+    ``encode_tensor`` and ``decode_tensor`` are the pure-torch forms that the
+    ONNX export traces; ``encode`` and ``decode`` are the NumPy forms inference uses.
+    """
 
     downsample: int
     codebook_size: int
+    module: torch.nn.Module
+
+    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor: ...
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """float32 [B, H, W] in [0, 1] -> int64 codes [B, H/downsample, W/downsample]."""
@@ -33,27 +42,46 @@ class Emu3VisionTokenizer:
     """Emu3's VQ-VAE (``Emu3VQVAE``) as a :class:`VisionTokenizer`."""
 
     def __init__(self, vqmodel: Emu3VQVAE) -> None:
-        self.vqmodel = vqmodel
+        self.module = vqmodel
         self.downsample = 2 ** (len(vqmodel.config.channel_multiplier) - 1)
         self.codebook_size = int(vqmodel.config.codebook_size)
 
-    @property
-    def _device(self) -> torch.device:
-        return next(self.vqmodel.parameters()).device
+    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, H, W] in [0, 1] -> codes [B, h, w]: ``Emu3VQVAE.encode`` without its per-image size list."""
+        vq = self.module
+        pixels = (images * 2.0 - 1.0).to(vq.dtype)[:, None].expand(-1, 3, -1, -1)
+        frames = pixels[:, None].expand(-1, vq.config.temporal_downsample_factor, -1, -1, -1)
+        hidden = vq.encoder(frames.contiguous())
+        hidden = vq.quant_conv(hidden.permute(0, 2, 1, 3, 4)).permute(0, 2, 1, 3, 4)
+        return vq.quantize(hidden)[:, 0]
 
-    @torch.inference_mode()
+    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
+        pixels = self.module.decode(codes).float().mean(dim=1)
+        return (pixels.clamp(-1.0, 1.0) + 1.0) / 2.0
+
     def encode(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 3 or images.shape[1] % self.downsample or images.shape[2] % self.downsample:
-            raise ValueError(f"images must be [B, H, W] with H and W multiples of {self.downsample}")
-        pixels = torch.from_numpy(images * 2.0 - 1.0).to(self._device)
-        pixels = pixels[:, None].expand(-1, 3, -1, -1).contiguous()
-        sizes = torch.tensor([images.shape[1:]] * images.shape[0], device=self._device)
-        output = self.vqmodel.encode(pixels, sizes, return_dict=True)
-        return torch.stack(list(output.image_tokens)).cpu().numpy().astype(np.int64)
+        return encode_with(self, images)
 
-    @torch.inference_mode()
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        codes_t = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(self._device)
-        pixels = self.vqmodel.decode(codes_t).float().mean(dim=1)
-        return ((pixels.clamp(-1.0, 1.0) + 1.0) / 2.0).cpu().numpy().astype(np.float32)
+        return decode_with(self, codes)
+
+
+def _device(tokenizer: VisionTokenizer) -> torch.device:
+    return next(tokenizer.module.parameters()).device
+
+
+@torch.inference_mode()
+def encode_with(tokenizer: VisionTokenizer, images: np.ndarray) -> np.ndarray:
+    """NumPy front of ``encode_tensor``, with the shape checks every tokenizer needs."""
+    images = np.asarray(images, dtype=np.float32)
+    factor = tokenizer.downsample
+    if images.ndim != 3 or images.shape[1] % factor or images.shape[2] % factor:
+        raise ValueError(f"images must be [B, H, W] with H and W multiples of {factor}")
+    codes = tokenizer.encode_tensor(torch.from_numpy(images).to(_device(tokenizer)))
+    return codes.cpu().numpy().astype(np.int64)
+
+
+@torch.inference_mode()
+def decode_with(tokenizer: VisionTokenizer, codes: np.ndarray) -> np.ndarray:
+    tensor = torch.from_numpy(np.asarray(codes, dtype=np.int64)).to(_device(tokenizer))
+    return tokenizer.decode_tensor(tensor).clamp(0.0, 1.0).cpu().numpy().astype(np.float32)

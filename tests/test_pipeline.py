@@ -12,7 +12,8 @@ from inference.sampler import SamplerSettings
 
 @pytest.fixture(scope="module")
 def pipeline(small_model: ProgEmuModel) -> CounterfactualPipeline:
-    return CounterfactualPipeline(small_model, TorchEngine(small_model.text_model, small_model.lm_head), max_hypothesis_chars=80)
+    engine = TorchEngine(small_model.text_model, small_model.lm_head)
+    return CounterfactualPipeline(small_model, engine, max_hypothesis_chars=80)
 
 
 def prior() -> np.ndarray:

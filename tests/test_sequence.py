@@ -55,8 +55,8 @@ def test_generated_rows_without_eol_are_refused(prompts: PromptBuilder) -> None:
 
 
 def test_tokenizer_without_emu3_specials_is_refused() -> None:
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")),
                                     unk_token="[UNK]")

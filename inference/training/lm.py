@@ -1,0 +1,143 @@
+"""Stage 2: train ProgEmu's decoder language model on tokenised quadruples.
+
+Each example is ``BOS prior hypothesis follow-up interpretation EOS`` built by
+the same :class:`PromptBuilder` inference uses; the loss covers the follow-up
+image and the interpretation only. A fraction of examples drops the prior and
+the hypothesis (ProgEmu's null prompt) so that CFG has an unconditional model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Emu3ForCausalLM, Emu3TextConfig
+
+from inference.sequence import IGNORE_INDEX, PromptBuilder
+from inference.training.history import load_history, plot_history, save_history
+from inference.training.state import load_state, save_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    hidden_size: int = 256
+    layers: int = 6
+    heads: int = 8
+    intermediate_size: int = 768
+    max_positions: int = 1024
+    steps: int = 2400
+    batch_size: int = 8
+    learning_rate: float = 1.5e-3
+    final_learning_rate: float = 1.5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    null_prompt_prob: float = 0.1
+    seed: int = 0
+    save_every: int = 100
+
+
+@dataclass(frozen=True)
+class TokenisedPairs:
+    """Training quadruples with images already turned into VQ codes."""
+
+    prior_codes: np.ndarray  # int [N, h, w]
+    followup_codes: np.ndarray  # int [N, h, w]
+    hypotheses: list[str]
+    interpretations: list[str]
+
+    def __len__(self) -> int:
+        return len(self.hypotheses)
+
+
+def build_language_model(config: LMTrainConfig, prompts: PromptBuilder, vocab_size: int) -> Emu3ForCausalLM:
+    lay = prompts.layout
+    text = Emu3TextConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
+        max_position_embeddings=config.max_positions, pad_token_id=lay.pad, bos_token_id=lay.bos,
+        eos_token_id=lay.eos, attention_dropout=0.0,
+    )
+    torch.manual_seed(config.seed)
+    return Emu3ForCausalLM(text)
+
+
+def _batch(pairs: TokenisedPairs, indices: np.ndarray, drop: np.ndarray, prompts: PromptBuilder
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows = [prompts.training_example(pairs.prior_codes[i], pairs.hypotheses[i], pairs.followup_codes[i],
+                                     pairs.interpretations[i], unconditional=bool(d))
+            for i, d in zip(indices, drop, strict=True)]
+    length = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), length), prompts.layout.pad, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, (row_ids, row_labels) in enumerate(rows):
+        ids[r, : len(row_ids)] = torch.tensor(row_ids)
+        labels[r, : len(row_labels)] = torch.tensor(row_labels)
+        mask[r, : len(row_ids)] = 1
+    return ids, labels, mask
+
+
+def _learning_rate(step: int, config: LMTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.final_learning_rate + (config.learning_rate - config.final_learning_rate) * cosine
+
+
+def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_size: int, config: LMTrainConfig,
+                         work_dir: Path, *, progress: Callable[[int, int, float], None] | None = None
+                         ) -> Emu3ForCausalLM:
+    """Train (or resume) in ``work_dir``; deterministic for a seed, the same whether resumed or not."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state_path, history_path = work_dir / "lm_state.pt", work_dir / "lm_history.json"
+    model = build_language_model(config, prompts, vocab_size).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=config.learning_rate, betas=(0.9, 0.95))
+    start = 0
+    state = load_state(state_path)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        start = int(state["step"])
+        log.info("resuming language-model training at step %d", start)
+    history = [row for row in load_history(history_path) if row["step"] < start]
+    window: list[float] = []
+    started = time.perf_counter()
+    for step in range(start, config.steps):
+        rng = np.random.default_rng([config.seed, step])  # per-step stream: resuming changes nothing
+        indices = rng.integers(0, len(pairs), size=config.batch_size)
+        drop = rng.random(config.batch_size) < config.null_prompt_prob
+        ids, labels, mask = _batch(pairs, indices, drop, prompts)
+        for group in optimiser.param_groups:
+            group["lr"] = _learning_rate(step, config)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        window.append(float(loss))
+        done = step + 1
+        if done % 10 == 0 or done == config.steps:
+            history.append({"step": done, "loss": float(np.mean(window))})
+            window = []
+            if progress is not None:
+                progress(done, config.steps, history[-1]["loss"])
+        if done % config.save_every == 0 or done == config.steps:
+            save_state(state_path, model=model.state_dict(), optimiser=optimiser.state_dict(), step=done)
+            save_history(history, history_path)
+            plot_history(history, work_dir / "lm_loss.png", "language model: training loss")
+            log.info("step %d/%d loss %.4f (%.0f s)", done, config.steps, history[-1]["loss"],
+                     time.perf_counter() - started)
+    return model.eval()

@@ -1,0 +1,104 @@
+"""Stage 1: train the small VQ-VAE image tokenizer on the phantom images.
+
+Two measures keep the codebook alive, which plain VQ-VAE training on a CPU
+budget does not (the feasibility run saw early codebook collapse): the
+codebook starts from encoder outputs, and codes unused for a while are
+restarted on current encoder outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from inference.small_vq import SmallVQConfig, SmallVQVAE
+from inference.training.history import load_history, plot_history, save_history
+from inference.training.state import load_state, save_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VQTrainConfig:
+    model: SmallVQConfig = SmallVQConfig()
+    steps: int = 2500
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    restart_every: int = 100
+    seed: int = 0
+    save_every: int = 250
+
+
+def _restart_dead_codes(model: SmallVQVAE, usage: torch.Tensor, latents: torch.Tensor,
+                        generator: torch.Generator) -> int:
+    dead = (usage == 0).nonzero().flatten()
+    if dead.numel() == 0:
+        return 0
+    flat = latents.detach().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    picks = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator)
+    with torch.no_grad():
+        model.codebook.weight[dead] = flat[picks]
+    return int(dead.numel())
+
+
+def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
+             progress: Callable[[int, int, float], None] | None = None) -> SmallVQVAE:
+    """Train (or resume) on float32 images [N, H, W] in [0, 1]."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state_path, history_path = work_dir / "vq_state.pt", work_dir / "vq_history.json"
+    torch.manual_seed(config.seed)
+    model = SmallVQVAE(config.model).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    start = 0
+    state = load_state(state_path)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        start = int(state["step"])
+        log.info("resuming VQ training at step %d", start)
+    history = [row for row in load_history(history_path) if row["step"] < start]
+    usage = torch.zeros(config.model.codebook_size)
+    started = time.perf_counter()
+    window: list[float] = []
+    for step in range(start, config.steps):
+        rng = np.random.default_rng([config.seed, step])
+        batch = torch.from_numpy(images[rng.integers(0, len(images), size=config.batch_size)])[:, None]
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        if step == 0:
+            with torch.no_grad():
+                _restart_dead_codes(model, torch.zeros_like(usage), model.encode_latents(batch), generator)
+        lr = config.learning_rate * (0.1 + 0.9 * (1 - step / config.steps))
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        reconstruction, vq_loss, codes = model(batch)
+        loss = F.mse_loss(reconstruction, batch) + 0.5 * F.l1_loss(reconstruction, batch) + vq_loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        usage += torch.bincount(codes.flatten(), minlength=config.model.codebook_size).float()
+        if (step + 1) % config.restart_every == 0 and step + 1 < config.steps * 0.8:
+            with torch.no_grad():
+                restarted = _restart_dead_codes(model, usage, model.encode_latents(batch), generator)
+            log.debug("restarted %d dead codes at step %d", restarted, step + 1)
+            usage.zero_()
+        window.append(float(F.mse_loss(reconstruction, batch)))
+        done = step + 1
+        if done % 10 == 0 or done == config.steps:
+            history.append({"step": done, "mse": float(np.mean(window))})
+            window = []
+            if progress is not None:
+                progress(done, config.steps, history[-1]["mse"])
+        if done % config.save_every == 0 or done == config.steps:
+            save_state(state_path, model=model.state_dict(), optimiser=optimiser.state_dict(), step=done)
+            save_history(history, history_path)
+            plot_history(history, work_dir / "vq_loss.png", "VQ tokenizer: reconstruction MSE")
+            log.info("VQ step %d/%d mse %.5f (%.0f s)", done, config.steps, history[-1]["mse"],
+                     time.perf_counter() - started)
+    return model.eval()
