@@ -141,8 +141,21 @@ class Sampler:
         """CFG guides the image only: the interpretation is read from the conditional row alone."""
         return self.settings.uses_cfg and self.state.phase is Phase.IMAGE
 
-    def next_token(self, cond: np.ndarray, uncond: np.ndarray | None = None, *, first_id: int = 0) -> int:
-        """Choose the next token from the last position's logits.
+    def scoring_range(self) -> tuple[int, int] | None:
+        """The ids an engine must score for the next step: None when the token is forced.
+
+        During the image rows only the visual tokens can be chosen, so an engine
+        may compute logits for that slice of the vocabulary alone.
+        """
+        if self.state.forced() is not None:
+            return None
+        lay = self.state.layout
+        if self.state.phase is Phase.IMAGE:
+            return lay.visual_offset, lay.visual_offset + lay.codebook_size
+        return 0, int(self.state.candidates()[-1]) + 1
+
+    def next_token(self, cond: np.ndarray | None, uncond: np.ndarray | None = None, *, first_id: int = 0) -> int:
+        """Choose the next token from the last position's logits (None where :meth:`scoring_range` is None).
 
         ``cond`` and ``uncond`` are 1-D logits for ids ``first_id .. first_id+len-1``
         (an engine may score only part of the vocabulary, e.g. the visual tokens).
@@ -151,6 +164,8 @@ class Sampler:
         """
         token = self.state.forced()
         if token is None:
+            if cond is None:
+                raise ValueError("this step needs logits: no token is forced")
             token = self._sample(cond, uncond, first_id)
         self.state.advance(token)
         return token

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from inference.engines.base import PromptBatch
-from inference.engines.torch_engine import TorchEngine
+from inference.engines.torch_engine import TorchBackend, TorchEngine
 from inference.errors import GenerationCancelled
 from inference.model import ProgEmuModel
 from inference.sampler import Sampler, SamplerSettings
@@ -34,25 +34,21 @@ def test_left_padding_counts_real_tokens_only() -> None:
 def test_batched_cfg_rows_match_single_rows(small_model: ProgEmuModel) -> None:
     """The pair run as one batch gives each row the logits it gets alone, over several steps."""
     cond, uncond, _ = prompts(small_model)
-    engine = TorchEngine(small_model.text_model, small_model.lm_head)
-    batch = PromptBatch.left_padded([cond, uncond], small_model.layout.pad)
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=engine.text_model.config)
-    with torch.inference_mode():
-        logits = engine._step(batch.input_ids, batch.attention_mask, batch.position_ids, cache)
-    np.testing.assert_allclose(logits[0], last_logits(small_model, cond), atol=1e-4)
-    np.testing.assert_allclose(logits[1], last_logits(small_model, uncond), atol=1e-4)
-    mask, positions = batch.attention_mask, batch.next_positions()
+    backend = TorchBackend(small_model.text_model, small_model.lm_head)
+    vocab = small_model.lm_head.weight.shape[0]
     token = small_model.layout.visual_offset + 3
-    for _ in range(3):
-        mask = np.concatenate([mask, np.ones((2, 1), dtype=np.int64)], axis=1)
-        with torch.inference_mode():
-            logits = engine._step(np.full((2, 1), token), mask, positions, cache)
-        positions = positions + 1
-        cond, uncond = cond + [token], uncond + [token]
-        np.testing.assert_allclose(logits[0], last_logits(small_model, cond), atol=1e-4)
-        np.testing.assert_allclose(logits[1], last_logits(small_model, uncond), atol=1e-4)
+    with torch.inference_mode():
+        backend.start(PromptBatch.left_padded([cond, uncond], small_model.layout.pad))
+        for step in range(4):
+            if step:
+                backend.feed(token)
+                cond, uncond = cond + [token], uncond + [token]
+            logits = backend.logits(0, vocab)
+            np.testing.assert_allclose(logits[0], last_logits(small_model, cond), atol=1e-4)
+            np.testing.assert_allclose(logits[1], last_logits(small_model, uncond), atol=1e-4)
+        backend.drop_unconditional()
+        backend.feed(token)
+        np.testing.assert_allclose(backend.logits(0, vocab)[0], last_logits(small_model, cond + [token]), atol=1e-4)
 
 
 def test_generate_is_reproducible_and_reports_progress(small_model: ProgEmuModel) -> None:

@@ -1,4 +1,8 @@
-"""What every generation engine offers, and the CFG batch both engines feed the model."""
+"""The decode loop every engine shares, and the backend interface an engine implements.
+
+The loop owns the order of things (prompt, score, sample, feed) and the sampler
+owns every decision, so engines differ only in how they run the network.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +19,6 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (tokens done, tokens at most) after every generated token."""
 CancelCheck = Callable[[], bool]
 """Returns True when the caller wants generation to stop."""
-
-
-class Engine(Protocol):
-    """Runs the decode loop on some runtime; every decision about tokens is the sampler's."""
-
-    name: str
-
-    def generate(self, cond_prompt: list[int], uncond_prompt: list[int], sampler: Sampler, *,
-                 progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[int]:
-        """Return the generated ids (image block tokens, interpretation, EOS)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -57,9 +50,58 @@ class PromptBatch:
         return self.position_ids[:, -1:] + 1
 
 
+class Backend(Protocol):
+    """One runtime's way to run the language model with a KV cache."""
+
+    def start(self, batch: PromptBatch) -> None:
+        """Run the prompt and keep its cache."""
+
+    def logits(self, first: int, stop: int) -> np.ndarray:
+        """float32 [rows, stop - first]: scores of ids first..stop-1 at the last position."""
+
+    def feed(self, token: int) -> None:
+        """Append ``token`` to every row and run one step."""
+
+    def drop_unconditional(self) -> None:
+        """Keep only the conditional row from now on."""
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, cond_prompt: list[int], uncond_prompt: list[int], sampler: Sampler, *,
+                 progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[int]: ...
+
+
 def report(progress: ProgressCallback | None, cancel: CancelCheck | None, done: int, total: int) -> None:
     """Tell the caller how far generation is, and stop if it asked to."""
     if progress is not None:
         progress(done, total)
     if cancel is not None and cancel():
         raise GenerationCancelled("generation was cancelled")
+
+
+def decode(backend: Backend, cond_prompt: list[int], uncond_prompt: list[int], sampler: Sampler, *,
+           progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[int]:
+    """Generate until EOS: CFG rows as one batch, only the sampler's scoring range scored, forced tokens unscored."""
+    rows = [cond_prompt, uncond_prompt] if sampler.needs_uncond else [cond_prompt]
+    backend.start(PromptBatch.left_padded(rows, sampler.state.layout.pad))
+    paired = len(rows) == 2
+    generated: list[int] = []
+    total = sampler.state.total
+    while True:
+        span = sampler.scoring_range()
+        if span is None:
+            token = sampler.next_token(None)
+        else:
+            logits = backend.logits(*span)
+            token = sampler.next_token(logits[0], logits[1] if paired else None, first_id=span[0])
+        generated.append(token)
+        if sampler.finished:
+            report(progress, None, total, total)
+            return generated
+        report(progress, cancel, len(generated), total)
+        if paired and not sampler.needs_uncond:
+            backend.drop_unconditional()
+            paired = False
+        backend.feed(token)
