@@ -27,7 +27,7 @@ FORMAT = "progemu-onnx/1"
 SUPPORTED_OPSETS = (18,)
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GRAPHS = ("vq_encoder", "vq_decoder", "lm", "head", "head_visual")
-_warned: set[str] = set()
+_warned: set[tuple[str, ...]] = set()
 
 
 class OnnxExportError(CheckpointError):
@@ -38,12 +38,12 @@ def select_providers(requested: Sequence[str] = PROVIDER_ORDER) -> list[str]:
     """The requested providers this onnxruntime has, in order; each missing one is warned about once."""
     available = set(ort.get_available_providers())
     chosen = [p for p in requested if p in available]
-    for missing in (p for p in requested if p not in available and p not in _warned):
-        _warned.add(missing)
-        log.warning("%s is not available in this onnxruntime; falling back to %s", missing,
-                    chosen[0] if chosen else "CPUExecutionProvider")
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
+    missing = tuple(p for p in requested if p not in available)
+    if missing and missing not in _warned:
+        _warned.add(missing)
+        log.warning("onnxruntime lacks %s; using %s", ", ".join(missing), chosen[0])
     return chosen
 
 

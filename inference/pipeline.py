@@ -5,16 +5,39 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from inference.engines.base import CancelCheck, Engine, ProgressCallback
 from inference.errors import HypothesisError
 from inference.hypothesis import normalise_hypothesis
-from inference.model import ProgEmuModel
 from inference.sampler import Sampler, SamplerSettings
+from inference.sequence import PromptBuilder, TokenLayout
+from inference.tokenizer import VisionTokenizer
 
 log = logging.getLogger(__name__)
+
+
+class ModelSpecLike(Protocol):
+    name: str
+    version: str
+    image_size: int
+    max_text_tokens: int
+
+
+class GenerativeModel(Protocol):
+    """What the pipeline needs of a loaded model: a PyTorch checkpoint or an ONNX export."""
+
+    vision: VisionTokenizer
+    layout: TokenLayout
+    spec: ModelSpecLike
+    checkpoint_sha256: str
+    max_positions: int
+    tokenizer: object
+
+    @property
+    def prompts(self) -> PromptBuilder: ...
 
 
 @dataclass(frozen=True)
@@ -27,14 +50,19 @@ class Counterfactual:
     hypothesis: str
     interpretation: str
     settings: SamplerSettings
-    generated_tokens: int
+    tokens: tuple[int, ...]
+    """Every generated id, image block and interpretation: what engine parity is checked on."""
     seconds: float
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.tokens)
 
 
 class CounterfactualPipeline:
     """Runs ProgEmu's sequence: encode the prior, prompt, generate, decode image and text."""
 
-    def __init__(self, model: ProgEmuModel, engine: Engine, *, max_hypothesis_chars: int = 500) -> None:
+    def __init__(self, model: GenerativeModel, engine: Engine, *, max_hypothesis_chars: int = 500) -> None:
         self.model = model
         self.engine = engine
         self.max_hypothesis_chars = max_hypothesis_chars
@@ -68,4 +96,4 @@ class CounterfactualPipeline:
         interpretation = model.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
         seconds = time.perf_counter() - started
         log.info("generated %d tokens in %.2f s with the %s engine", len(generated), seconds, self.engine.name)
-        return Counterfactual(decoded[0], decoded[1], hypothesis, interpretation, settings, len(generated), seconds)
+        return Counterfactual(decoded[0], decoded[1], hypothesis, interpretation, settings, tuple(generated), seconds)

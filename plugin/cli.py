@@ -35,6 +35,8 @@ def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, help="nucleus sampling threshold")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     parser.add_argument("--fhir-version", choices=("R5", "R4B"), help="FHIR release of fhir.json")
+    parser.add_argument("--engine", choices=("auto", "torch", "onnx"),
+                        help="generation engine (default auto: ONNX when an export sits next to the checkpoint)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run on the shipped synthetic prior with the shipped demo model")
     demo.add_argument("--hypothesis", default=DEMO_HYPOTHESIS, help=f'default: "{DEMO_HYPOTHESIS}"')
     _add_sampler_options(demo)
+
+    export = commands.add_parser("export-onnx", help="export a checkpoint to ONNX (fp32 and fp16) with a manifest")
+    export.add_argument("--model", type=Path, help="checkpoint directory (default: the shipped demo model)")
+    export.add_argument("--out", type=Path, help="export directory (default: MODEL/onnx, where auto finds it)")
+    export.add_argument("--precision", choices=("fp32", "fp16"), action="append",
+                        help="only this precision (repeatable; default both)")
+
+    verify = commands.add_parser("verify-onnx", help="compare an ONNX export with its PyTorch checkpoint")
+    verify.add_argument("export_dir", type=Path, help="the export directory")
+    verify.add_argument("--model", type=Path, help="the checkpoint it came from (default: the shipped demo model)")
+    verify.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    verify.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -60,7 +74,8 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {"model_path": args.model, "fhir_version": args.fhir_version}
+    overrides = {"model_path": args.model, "fhir_version": getattr(args, "fhir_version", None),
+                 "engine": getattr(args, "engine", None)}
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -85,9 +100,41 @@ def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> Non
     paths = write_outputs(outputs, out)
     result = outputs.result
     print(f"wrote {', '.join(p.name for p in paths.values())} to {out} in {time.perf_counter() - started:.1f} s"
-          f" | {outputs.algorithm.name} {outputs.algorithm.version} | seed {result.settings.seed}"
+          f" | {outputs.algorithm.name} {outputs.algorithm.version} ({service.pipeline.engine.name})"
+          f" | seed {result.settings.seed}"
           f" | {result.generated_tokens} tokens in {result.seconds:.1f} s"
           f" | interpretation: {result.interpretation[:120]!r}")
+
+
+def _export_onnx(args: argparse.Namespace) -> None:
+    from inference.model import load_progemu
+    from inference.onnx_export import PRECISIONS, export_onnx
+    from plugin.runtime import ONNX_DIR, quiet_transformers
+
+    config = _settings(args)
+    quiet_transformers()
+    model = load_progemu(config.model_path)
+    out = args.out or config.model_path / ONNX_DIR
+    precisions = tuple(args.precision) if args.precision else PRECISIONS
+    manifest = export_onnx(model, out, precisions=precisions, progress=lambda step: log.warning("%s…", step))
+    print(f"exported {len(manifest['files'])} files ({', '.join(precisions)}, opset {manifest['opset']}) to {out}")
+
+
+def _verify_onnx(args: argparse.Namespace) -> int:
+    import json
+
+    from inference.model import load_progemu
+    from inference.onnx_bundle import OnnxProgEmu
+    from inference.onnx_verify import verify_onnx
+    from plugin.runtime import quiet_transformers
+
+    config = _settings(args)
+    quiet_transformers()
+    report = verify_onnx(load_progemu(config.model_path),
+                         OnnxProgEmu(args.export_dir, precision=args.precision, providers=["CPUExecutionProvider"]),
+                         seed=args.seed)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.passed else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_counterfactual(args, args.prior, args.out or Path("progemu-output"))
         elif args.command == "demo":
             _run_counterfactual(args, DEMO_PRIOR, args.out or Path("progemu-demo"))
+        elif args.command == "export-onnx":
+            _export_onnx(args)
+        elif args.command == "verify-onnx":
+            return _verify_onnx(args)
     except (DicomInputError, InferenceError, UsageError) as exc:
         print(f"progemu: error: {exc}", file=sys.stderr)
         return 2

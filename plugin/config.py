@@ -25,6 +25,12 @@ class Settings(BaseSettings):
 
     model_path: Path = Field(DEMO_MODEL, description="ProgEmu checkpoint directory (Hugging Face format)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
+    engine: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="generation engine; auto takes ONNX when an export sits next to the checkpoint")
+    onnx_precision: Literal["fp32", "fp16"] = Field("fp32", description="which exported graphs the ONNX engine runs")
+    onnx_providers: tuple[str, ...] = Field(
+        ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+        description="onnxruntime execution providers, in order of preference")
     max_image_pixels: int = Field(50_000_000, gt=0, description="largest prior accepted (rows x columns)")
     max_hypothesis_chars: int = Field(500, gt=0, description="longest hypothesis accepted")
     seed: int = Field(0, ge=0, description="default sampling seed")
