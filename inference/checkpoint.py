@@ -30,7 +30,9 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-EXCLUDED_DIRS = ("onnx",)
+ONNX_DIR = "onnx"
+"""Where an ONNX export sits next to a checkpoint's files (``progemu export-onnx``'s default)."""
+EXCLUDED_DIRS = (ONNX_DIR,)
 """Derived artefacts kept beside a checkpoint, with manifests of their own."""
 
 

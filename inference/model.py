@@ -64,6 +64,8 @@ class ModelSpec:
 class ProgEmuModel:
     """A loaded checkpoint: the language model, its tokenizers and layout, and its identity."""
 
+    generator: Emu3ForConditionalGeneration | Emu3ForCausalLM
+    """The top-level transformers model, whose ``generate`` is the baseline our engines are measured against."""
     text_model: Emu3TextModel
     lm_head: torch.nn.Linear
     tokenizer: PreTrainedTokenizerBase
@@ -86,6 +88,14 @@ class ProgEmuModel:
         return self.spec.image_size // self.vision.downsample
 
 
+def quiet_transformers() -> None:
+    """transformers' own progress bars and notices would drown ours; its errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def _architecture(config: dict, directory: Path) -> str:
     """Which of the two loadable layouts this is, or a clear refusal."""
     model_type = str(config.get("model_type", ""))
@@ -104,14 +114,14 @@ def _architecture(config: dict, directory: Path) -> str:
 
 
 def _load_modules(directory: Path, architecture: str, dtype: torch.dtype
-                  ) -> tuple[torch.nn.Module, Emu3TextModel, torch.nn.Linear, VisionTokenizer]:
+                  ) -> tuple[torch.nn.Module, torch.nn.Module, VisionTokenizer]:
+    """(all modules, the generate-capable model, the image tokenizer) for one layout."""
     if architecture == "conditional-generation":
         network = Emu3ForConditionalGeneration.from_pretrained(directory, dtype=dtype)
-        return network, network.model.text_model, network.lm_head, Emu3VisionTokenizer(network.model.vqmodel)
+        return network, network, Emu3VisionTokenizer(network.model.vqmodel)
     network = Emu3ForCausalLM.from_pretrained(directory, dtype=dtype)
     vq = SmallVQVAE.load(directory / SMALL_VQ_DIR)
-    holder = torch.nn.ModuleDict({"lm": network, "vq": vq})
-    return holder, network.model, network.lm_head, SmallVisionTokenizer(vq)
+    return torch.nn.ModuleDict({"lm": network, "vq": vq}), network, SmallVisionTokenizer(vq)
 
 
 def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ProgEmuModel:
@@ -129,20 +139,21 @@ def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = 
     spec_path = directory / SPEC_NAME
     spec = ModelSpec.from_dict(read_json(spec_path)) if spec_path.exists() else ModelSpec()
     try:
-        holder, text_model, lm_head, vision = _load_modules(directory, architecture, dtype)
+        holder, generator, vision = _load_modules(directory, architecture, dtype)
         holder.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {directory}: {first_line}") from None
     layout = TokenLayout.from_tokenizer(tokenizer, vision.codebook_size)
+    text_model = generator.model.text_model if architecture == "conditional-generation" else generator.model
     vocab = text_model.config.vocab_size
     if layout.visual_offset + layout.codebook_size > vocab:
         raise CheckpointError(f"the tokenizer's visual tokens run past the model's vocabulary of {vocab}")
     if spec.image_size % vision.downsample:
         raise CheckpointError(f"image size {spec.image_size} is not a multiple of {vision.downsample}")
     log.info("loaded %s %s (checkpoint sha256 %s…)", spec.name, spec.version, identity[:12])
-    return ProgEmuModel(text_model, lm_head, tokenizer, vision, layout, spec, identity, directory)
+    return ProgEmuModel(generator, text_model, generator.lm_head, tokenizer, vision, layout, spec, identity, directory)
 
 
 def build_small_progemu(

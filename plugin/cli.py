@@ -80,8 +80,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> None:
+    from inference.model import quiet_transformers
     from plugin.counterfactual import write_outputs
-    from plugin.runtime import default_sampler_settings, load_service, quiet_transformers
+    from plugin.runtime import default_sampler_settings, load_service
 
     if not prior.is_file():
         raise UsageError(f"prior image {prior} does not exist")
@@ -107,9 +108,9 @@ def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> Non
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
-    from inference.model import load_progemu
+    from inference.checkpoint import ONNX_DIR
+    from inference.model import load_progemu, quiet_transformers
     from inference.onnx_export import PRECISIONS, export_onnx
-    from plugin.runtime import ONNX_DIR, quiet_transformers
 
     config = _settings(args)
     quiet_transformers()
@@ -123,10 +124,9 @@ def _export_onnx(args: argparse.Namespace) -> None:
 def _verify_onnx(args: argparse.Namespace) -> int:
     import json
 
-    from inference.model import load_progemu
+    from inference.model import load_progemu, quiet_transformers
     from inference.onnx_bundle import OnnxProgEmu
     from inference.onnx_verify import verify_onnx
-    from plugin.runtime import quiet_transformers
 
     config = _settings(args)
     quiet_transformers()

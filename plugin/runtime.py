@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from inference.checkpoint import checkpoint_identity
+from inference.checkpoint import ONNX_DIR, checkpoint_identity
 from inference.errors import CheckpointError
 from inference.pipeline import CounterfactualPipeline
 from inference.sampler import SamplerSettings
@@ -13,18 +13,6 @@ from plugin.config import Settings
 from plugin.counterfactual import CounterfactualService
 
 log = logging.getLogger(__name__)
-
-ONNX_DIR = "onnx"
-"""Where ``progemu export-onnx`` puts an export by default: next to the checkpoint's files."""
-
-
-def quiet_transformers() -> None:
-    """transformers' own progress bars and notices would drown ours; errors still show."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
 
 def _onnx_export_for(config: Settings) -> Path | None:
     candidate = config.model_path / ONNX_DIR
