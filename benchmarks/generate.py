@@ -26,7 +26,7 @@ from inference.engines.torch_engine import TorchEngine
 from inference.model import ProgEmuModel, load_progemu, quiet_transformers
 from inference.onnx_verify import test_image
 from inference.sampler import GenerationState, Sampler, SamplerSettings
-from plugin.config import Settings
+from inference.sequence import TokenLayout
 
 log = logging.getLogger("benchmarks.generate")
 HYPOTHESIS = "A moderate left pleural effusion has developed."
@@ -39,8 +39,8 @@ def peak_rss_mib() -> float:
 class GridConstraint:
     """ProgEmu's grid constraint as transformers' ``prefix_allowed_tokens_fn``, counted from the prompt's end."""
 
-    def __init__(self, model: ProgEmuModel, prompt_length: int, settings: SamplerSettings, grid: int) -> None:
-        self.model, self.prompt_length, self.settings, self.grid = model, prompt_length, settings, grid
+    def __init__(self, layout: TokenLayout, prompt_length: int, settings: SamplerSettings, grid: int) -> None:
+        self.layout, self.prompt_length, self.settings, self.grid = layout, prompt_length, settings, grid
         self.states: dict[int, tuple[GenerationState, int]] = {}
 
     def __call__(self, batch_id: int, input_ids: torch.Tensor) -> list[int]:
@@ -52,7 +52,7 @@ class GridConstraint:
         return [forced] if forced is not None else state.candidates().tolist()
 
     def _new(self) -> GenerationState:
-        return GenerationState(self.model.layout, self.grid, self.grid, min_text=self.settings.min_text_tokens,
+        return GenerationState(self.layout, self.grid, self.grid, min_text=self.settings.min_text_tokens,
                                max_text=self.settings.max_text_tokens)
 
 
@@ -79,7 +79,7 @@ def run_generate(model: ProgEmuModel, settings: SamplerSettings,
         do_sample=settings.temperature > 0, top_k=settings.top_k or None, top_p=settings.top_p,
         temperature=settings.temperature or None, guidance_scale=settings.cfg_scale,
         negative_prompt_ids=uncond, negative_prompt_attention_mask=torch.ones_like(uncond),
-        prefix_allowed_tokens_fn=GridConstraint(model, cond.shape[1], settings, grid),
+        prefix_allowed_tokens_fn=GridConstraint(model.layout, cond.shape[1], settings, grid),
         eos_token_id=model.layout.eos, pad_token_id=model.layout.pad)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -114,6 +114,8 @@ def print_table(rows: list[dict], baseline: str) -> None:
 
 
 def demo_benchmark(args: argparse.Namespace) -> None:
+    from plugin.config import Settings
+
     model_path = args.model or Settings().model_path
     model = load_progemu(model_path)
     settings = SamplerSettings(seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k)
@@ -153,6 +155,9 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true", help="8.5B ProgEmu-shaped model on a GPU")
     parser.add_argument("--generate-steps", type=int, default=256,
                         help="full size: steps of transformers' generate to time (it is extrapolated)")
+    parser.add_argument("--bandwidth", type=float, default=3.35e12,
+                        help="full size: memory bandwidth in bytes/s for the floor (H100 SXM 3.35e12, H200 4.8e12)")
+    parser.add_argument("--allow-cpu", action="store_true", help="full size: a shrunken dry run without a GPU")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_transformers()
