@@ -51,6 +51,9 @@ SITES: tuple[FindingSite, ...] = (
 )
 
 
+FINDINGS = tuple(dict.fromkeys(site.finding for site in SITES))
+
+
 def severities_for(direction: str, rng) -> tuple[int, int]:
     """(prior, follow-up) severities for a direction of change."""
     if direction == "develops":

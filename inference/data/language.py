@@ -3,7 +3,7 @@
 Hypotheses vary in wording, with and without a severity, the way a
 radiologist might type them. Interpretations describe the visual change and
 what it indicates, in the style of ICG-CXR's ``changes-of-findings``, with a
-fixed vocabulary for direction (new / increased / decreased / resolved /
+fixed vocabulary for direction (new / worsened / improved / resolved /
 unchanged) so that finding-level F1 can be scored from the text.
 """
 
@@ -26,7 +26,7 @@ SIGNS = {  # (what is seen, its short name)
                  "{side} basal opacity"),
     "pneumothorax": ("a {side} pleural line with absent lung markings peripherally", "{side} peripheral lucency"),
     "cardiomegaly": ("enlargement of the cardiac silhouette", "cardiac silhouette"),
-    "consolidation": ("patchy airspace opacity in the {where} zone", "airspace opacity in the {where} zone"),
+    "consolidation": ("patchy airspace opacity in the {where} zone", "airspace opacity"),
     "oedema": ("bilateral perihilar haziness with interstitial lines", "perihilar haziness"),
 }
 
@@ -41,12 +41,20 @@ HYPOTHESES = {
     "unchanged": ("The {thing} is unchanged.", "No change in the {thing}.", "The {thing} remains stable."),
 }
 
+RESOLVED = {  # what a resolved finding looks like
+    "effusion": "The {side} costophrenic angle is sharp again",
+    "pneumothorax": "Lung markings reach the {side} chest wall again",
+    "cardiomegaly": "The cardiac silhouette is normal in size again",
+    "consolidation": "The airspace opacity is no longer seen",
+    "oedema": "The perihilar haziness is no longer seen",
+}
+
 INTERPRETATIONS = {
-    "develops": "There is new {sign}, indicating a new {sev} {thing}.",
-    "worsens": "The {short} has increased, indicating the {thing} has increased from {prev} to {sev}.",
-    "improves": "The {short} has decreased, indicating the {thing} has decreased from {prev} to {sev}.",
-    "resolves": "The {short} is no longer seen, indicating the {thing} has resolved.",
-    "unchanged": "The {short} is unchanged, indicating a stable {sev} {thing}.",
+    "develops": "New {sign}, indicating a {sev} {thing}.",
+    "worsens": "The {short} has increased: the {thing} has worsened from {prev} to {sev}.",
+    "improves": "The {short} has decreased: the {thing} has improved from {prev} to {sev}.",
+    "resolves": "{resolved}: the {thing} has resolved.",
+    "unchanged": "The {short} is unchanged: stable {sev} {thing}.",
 }
 
 
@@ -74,7 +82,8 @@ def _fields(site: FindingSite, prior: int, followup: int) -> dict[str, str]:
     sign, short = (s.format(side=site.side or "", where=where) for s in SIGNS[site.finding])
     article = "an" if thing[0] in "aeiou" else "a"
     return {"thing": thing, "thing_a": f"{article} {thing}" if site.finding != "oedema" else thing,
-            "sev": sev, "Sev": sev.capitalize(), "prev": severity_word(site, prior), "sign": sign, "short": short}
+            "sev": sev, "Sev": sev.capitalize(), "prev": severity_word(site, prior), "sign": sign, "short": short,
+            "resolved": RESOLVED[site.finding].format(side=site.side or "")}
 
 
 def hypothesis_text(site: FindingSite, direction: str, prior: int, followup: int, rng: np.random.Generator) -> str:

@@ -94,7 +94,8 @@ class _Grid:
         lateral = (self.x - lx) * (1 if side == "left" else -1) > 0
         # boxier laterally and at the base, rounder at the apex, like a lung field
         exponent = np.where(lateral & (self.y > centre_y), 3.5, 2.2)
-        inside = np.abs((self.x - lx) / a.lung_half_width) ** exponent + np.abs((self.y - centre_y) / half_height) ** 2.2
+        inside = (np.abs((self.x - lx) / a.lung_half_width) ** exponent
+                  + np.abs((self.y - centre_y) / half_height) ** 2.2)
         diaphragm = dome + 0.9 * (self.x - (lx - 0.02 * (1 if side == "left" else -1))) ** 2 * 4
         return (inside < 1.0) & (self.y < diaphragm)
 

@@ -42,6 +42,8 @@ class LMTrainConfig:
     null_prompt_prob: float = 0.1
     seed: int = 0
     save_every: int = 100
+    max_text_tokens: int = 200
+    """Recorded in the checkpoint's spec: the longest interpretation inference will generate."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,6 @@ def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_si
             save_state(state_path, model=model.state_dict(), optimiser=optimiser.state_dict(), step=done)
             save_history(history, history_path)
             plot_history(history, work_dir / "lm_loss.png", "language model: training loss")
-            log.info("step %d/%d loss %.4f (%.0f s)", done, config.steps, history[-1]["loss"],
+            log.info("step %d/%d loss %.4f (%.0f s)", done, config.steps, float(loss),
                      time.perf_counter() - started)
     return model.eval()

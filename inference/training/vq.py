@@ -99,6 +99,6 @@ def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
             save_state(state_path, model=model.state_dict(), optimiser=optimiser.state_dict(), step=done)
             save_history(history, history_path)
             plot_history(history, work_dir / "vq_loss.png", "VQ tokenizer: reconstruction MSE")
-            log.info("VQ step %d/%d mse %.5f (%.0f s)", done, config.steps, history[-1]["mse"],
+            log.info("VQ step %d/%d mse %.5f (%.0f s)", done, config.steps, float(loss),
                      time.perf_counter() - started)
     return model.eval()
