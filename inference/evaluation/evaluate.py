@@ -1,0 +1,170 @@
+"""Run a model on the held-out split and score it, with CFG on and off.
+
+Writes ``metrics.json``, ``metrics.md`` (a table) and ``examples.png`` (a grid of
+prior, counterfactual and ground-truth follow-up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from inference.data.dataset import Dataset
+from inference.data.phantom import finding_mask, measure_findings
+from inference.evaluation.metrics import aligned, auroc, bleu3, finding_f1, masked_psnr, masked_ssim, meteor, rouge_l
+from inference.pipeline import CounterfactualPipeline
+from inference.sampler import SamplerSettings
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+POSITIVE = ("develops", "worsens")
+NEGATIVE = ("improves", "resolves")
+
+
+@dataclass
+class Outcome:
+    record_id: str
+    finding: str
+    direction: str
+    hypothesis: str
+    reference: str
+    interpretation: str
+    change: float
+    expected_change: float
+    step: float
+    aligned: bool
+    ssim_outside: float
+    psnr_outside: float
+    ssim_outside_vs_reconstruction: float
+
+
+def measurement_key(labels: dict) -> str:
+    """Which analytic measurement tracks this record's finding."""
+    if labels["finding"] == "consolidation":
+        return f"consolidation_{labels['zone']}"
+    return f"{labels['finding']}_{labels['side']}" if labels["side"] else labels["finding"]
+
+
+def _one_grade_steps(dataset: Dataset, records: list[dict]) -> dict[str, float]:
+    """Typical measured change per severity grade, per finding, from the ground-truth pairs."""
+    changes: dict[str, list[float]] = {}
+    for entry in records:
+        labels = entry["labels"]
+        grades = abs(labels["followup_severity"] - labels["prior_severity"])
+        if grades == 0:
+            continue
+        anatomy = dataset.plan(entry).anatomy
+        prior, follow = dataset.image(entry, "prior"), dataset.image(entry, "follow-up")
+        key = measurement_key(labels)
+        delta = measure_findings(follow, anatomy)[key] - measure_findings(prior, anatomy)[key]
+        changes.setdefault(labels["finding"], []).append(abs(delta) / grades)
+    return {finding: float(np.median(values)) for finding, values in changes.items()}
+
+
+def _evaluate_setting(pipeline: CounterfactualPipeline, dataset: Dataset, records: list[dict],
+                      settings: SamplerSettings, steps: dict[str, float],
+                      progress: Callable[[int, int], None] | None) -> tuple[list[Outcome], list]:
+    outcomes, examples = [], []
+    for i, entry in enumerate(records):
+        labels, plan = entry["labels"], dataset.plan(entry)
+        prior, follow = dataset.image(entry, "prior"), dataset.image(entry, "follow-up")
+        result = pipeline.run(prior, entry["progression-description"], settings)
+        key = measurement_key(labels)
+        baseline = measure_findings(result.prior_reconstruction, plan.anatomy)[key]
+        change = measure_findings(result.image, plan.anatomy)[key] - baseline
+        expected = measure_findings(follow, plan.anatomy)[key] - measure_findings(prior, plan.anatomy)[key]
+        step = steps.get(labels["finding"], abs(expected) or 1.0)
+        keep = ~finding_mask(plan.anatomy, plan.prior, plan.followup, prior.shape[0])
+        outcomes.append(Outcome(
+            entry["id"], labels["finding"], labels["direction"], entry["progression-description"],
+            entry["changes-of-findings"], result.interpretation, change, expected, step,
+            aligned(labels["direction"], change, step), masked_ssim(prior, result.image, keep),
+            masked_psnr(prior, result.image, keep), masked_ssim(result.prior_reconstruction, result.image, keep)))
+        examples.append((prior, result.image, follow, entry["progression-description"], result.interpretation))
+        if progress is not None:
+            progress(i + 1, len(records))
+    return outcomes, examples
+
+
+def summarise(outcomes: list[Outcome]) -> dict[str, float]:
+    references = [o.reference for o in outcomes]
+    candidates = [o.interpretation for o in outcomes]
+    positive = [o.change / o.step for o in outcomes if o.direction in POSITIVE]
+    negative = [o.change / o.step for o in outcomes if o.direction in NEGATIVE]
+    return {
+        "n": len(outcomes),
+        "alignment_accuracy": float(np.mean([o.aligned for o in outcomes])),
+        "alignment_auroc": auroc(positive, negative),
+        "ssim_outside": float(np.mean([o.ssim_outside for o in outcomes])),
+        "psnr_outside": float(np.mean([o.psnr_outside for o in outcomes])),
+        "ssim_outside_vs_reconstruction": float(np.mean([o.ssim_outside_vs_reconstruction for o in outcomes])),
+        "bleu3": bleu3(references, candidates),
+        "meteor": meteor(references, candidates),
+        "rouge_l": rouge_l(references, candidates),
+        **{f"finding_{k}": v for k, v in finding_f1(references, candidates).items()},
+    }
+
+
+TABLE_ROWS = (("alignment accuracy", "alignment_accuracy"), ("alignment AUROC", "alignment_auroc"),
+              ("SSIM outside change (vs prior)", "ssim_outside"), ("PSNR outside change (dB)", "psnr_outside"),
+              ("SSIM outside change (vs VQ reconstruction)", "ssim_outside_vs_reconstruction"),
+              ("finding-level F1", "finding_f1"), ("BLEU-3", "bleu3"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"))
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    names = list(results)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, key in TABLE_ROWS:
+        lines.append(f"| {label} | " + " | ".join(f"{results[n][key]:.3f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def example_grid(examples: list, path: Path, count: int = 6) -> None:
+    shown = examples[:count]
+    figure, axes = plt.subplots(len(shown), 3, figsize=(9, 3.2 * len(shown)), dpi=90, squeeze=False)
+    for row, (prior, generated, truth, hypothesis, interpretation) in zip(axes, shown, strict=True):
+        for axis, image, title in zip(row, (prior, generated, truth), ("prior", "counterfactual", "ground truth"),
+                                      strict=True):
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+            axis.set_title(title, fontsize=9)
+            axis.axis("off")
+        row[0].set_title(f"prior\n{hypothesis[:60]}", fontsize=8)
+        row[1].set_title(f"counterfactual\n{interpretation[:60]}", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, limit: int = 100, seed: int = 0,
+             cfg_scale: float = 3.0, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Score CFG on and CFG off on the first ``limit`` held-out records; write the three reports."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = dataset.split("test")[:limit]
+    steps = _one_grade_steps(dataset, dataset.split("test"))
+    settings = {f"CFG {cfg_scale:g}": SamplerSettings(seed=seed, cfg_scale=cfg_scale),
+                "CFG off": SamplerSettings(seed=seed, cfg_scale=1.0)}
+    results, details = {}, {}
+    for name, setting in settings.items():
+        outcomes, examples = _evaluate_setting(
+            pipeline, dataset, records, setting, steps,
+            (lambda done, total, name=name: progress(name, done, total)) if progress else None)
+        results[name] = summarise(outcomes)
+        details[name] = [o.__dict__ for o in outcomes]
+        if name.startswith("CFG") and name != "CFG off":
+            example_grid(examples, out / "examples.png")
+    report = {"model": {"name": pipeline.model.spec.name, "version": pipeline.model.spec.version,
+                        "checkpoint_sha256": pipeline.model.checkpoint_sha256, "engine": pipeline.engine.name},
+              "data": {"root": str(dataset.root), "seed": dataset.seed, "split": "test", "records": len(records)},
+              "one_grade_steps": steps, "results": results, "per_record": details}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "metrics.md").write_text(markdown_table(results))
+    return report
