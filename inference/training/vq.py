@@ -88,7 +88,7 @@ def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
                 restarted = _restart_dead_codes(model, usage, model.encode_latents(batch), generator)
             log.debug("restarted %d dead codes at step %d", restarted, step + 1)
             usage.zero_()
-        window.append(float(F.mse_loss(reconstruction, batch)))
+        window.append(F.mse_loss(reconstruction, batch).item())
         done = step + 1
         if done % 10 == 0 or done == config.steps:
             history.append({"step": done, "mse": float(np.mean(window))})
