@@ -60,6 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", choices=("fp32", "fp16"), action="append",
                         help="only this precision (repeatable; default both)")
 
+    convert = commands.add_parser("convert-checkpoint",
+                                  help="convert ProgEmu's/Emu3's original hub layout to the Hugging Face format")
+    convert.add_argument("source", type=Path, help="original layout: remote-code Emu3ForCausalLM + emu3.tiktoken")
+    convert.add_argument("out", type=Path, help="where the HF-format checkpoint goes")
+    convert.add_argument("--vision-tokenizer", type=Path, help="vision tokenizer (default: SOURCE/vision_tokenizer)")
+    convert.add_argument("--version", default="progemu", help="model version recorded in every output")
+    convert.add_argument("--image-size", type=int, default=512)
+
+    dataset = commands.add_parser("make-dataset", help="render a synthetic ICG-style longitudinal dataset")
+    dataset.add_argument("--out", type=Path, required=True)
+    dataset.add_argument("--n", type=int, required=True, help="number of (prior, follow-up) records")
+    dataset.add_argument("--seed", type=int, default=0)
+    dataset.add_argument("--size", type=int, default=128, help="image side in pixels")
+
+    train = commands.add_parser("train", help="train the demo model (VQ tokenizer, then language model)")
+    train.add_argument("--data", type=Path, required=True, help="a make-dataset directory")
+    train.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
+    train.add_argument("--work", type=Path, help="resumable state, loss history and curves (default: OUT.work)")
+    train.add_argument("--vq-steps", type=int)
+    train.add_argument("--lm-steps", type=int)
+    train.add_argument("--seed", type=int, default=0)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on a dataset's held-out split, CFG on and off")
+    evaluate.add_argument("--model", type=Path, help="checkpoint (default: the shipped demo model)")
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--limit", type=int, default=100, help="held-out records to score")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--cfg-scale", type=float, default=3.0)
+    evaluate.add_argument("--engine", choices=("auto", "torch", "onnx"))
+
     verify = commands.add_parser("verify-onnx", help="compare an ONNX export with its PyTorch checkpoint")
     verify.add_argument("export_dir", type=Path, help="the export directory")
     verify.add_argument("--model", type=Path, help="the checkpoint it came from (default: the shipped demo model)")
@@ -137,6 +168,73 @@ def _verify_onnx(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+class _Bar:
+    """One tqdm bar per stage, fed by (stage, done, total[, loss]) callbacks."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, stage: str, done: int, total: int, loss: float | None = None) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, unit="step")
+        bar.update(done - bar.n)
+        if loss is not None:
+            bar.set_postfix(loss=f"{loss:.4f}")
+        if done >= total:
+            bar.close()
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from inference.convert import convert_checkpoint
+
+    spec = {"name": "ProgEmu", "version": args.version, "image_size": args.image_size, "max_text_tokens": 200}
+    identity = convert_checkpoint(args.source, args.out, vision_dir=args.vision_tokenizer, spec=spec)
+    print(f"converted {args.source} to {args.out} (checkpoint sha256 {identity})")
+
+
+def _make_dataset(args: argparse.Namespace) -> None:
+    from inference.data.dataset import make_dataset
+
+    bar = _Bar()
+    records = make_dataset(args.out, args.n, args.seed, size=args.size,
+                           progress=lambda done, total: bar("rendering", done, total))
+    test = sum(r["split"] == "test" for r in records)
+    print(f"wrote {len(records)} records ({len(records) - test} train, {test} held out) to {args.out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from inference.training.run import TrainConfig, train_demo_model
+
+    config = TrainConfig()
+    config = dataclasses.replace(
+        config,
+        vq=dataclasses.replace(config.vq, steps=args.vq_steps or config.vq.steps, seed=args.seed),
+        lm=dataclasses.replace(config.lm, steps=args.lm_steps or config.lm.steps, seed=args.seed))
+    work = args.work or args.out.with_name(args.out.name + ".work")
+    started = time.perf_counter()
+    identity = train_demo_model(args.data, args.out, work, config, progress=_Bar())
+    print(f"trained {args.out} in {(time.perf_counter() - started) / 60:.1f} min (checkpoint sha256 {identity}); "
+          f"loss curves in {work}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from inference.data.dataset import Dataset
+    from inference.evaluation.evaluate import evaluate
+    from inference.model import quiet_transformers
+    from plugin.runtime import load_pipeline
+
+    quiet_transformers()
+    pipeline = load_pipeline(_settings(args))
+    bar = _Bar()
+    report = evaluate(pipeline, Dataset.open(args.data), args.out, limit=args.limit, seed=args.seed,
+                      cfg_scale=args.cfg_scale, progress=bar)
+    print((args.out / "metrics.md").read_text(), end="")
+    print(f"{report['data']['records']} held-out records; details in {args.out / 'metrics.json'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
@@ -149,6 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _export_onnx(args)
         elif args.command == "verify-onnx":
             return _verify_onnx(args)
+        elif args.command == "convert-checkpoint":
+            _convert(args)
+        elif args.command == "make-dataset":
+            _make_dataset(args)
+        elif args.command == "train":
+            _train(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
     except (DicomInputError, InferenceError, UsageError) as exc:
         print(f"progemu: error: {exc}", file=sys.stderr)
         return 2
