@@ -1,0 +1,172 @@
+"""The counterfactual's provenance and text as an IHE AIR style Comprehensive 3D SR.
+
+TID 1500 Measurement Report, observed by the algorithm as a DEVICE, with one
+TID 1501 group holding the TID 4019 algorithm identification (name, version,
+hypothesis, seed, sampler settings, checkpoint hash), the prior as the source
+image, the hypothesis and interpretation as TEXT, and a reference to the
+counterfactual SC. Contributing Equipment names the algorithm with the IHE
+"Processing Algorithm" purpose, which highdicom's ContributingEquipment does not
+accept (it allows DCM codes only), so that item is written by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+import highdicom
+import pydicom
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodedConcept,
+    Comprehensive3DSR,
+    DeviceObserverIdentifyingAttributes,
+    ImageContentItem,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText
+from dicom_io.sc import UTF8
+
+log = logging.getLogger(__name__)
+
+PRIVATE_SCHEME = "99PROGEMU"
+"""Private coding scheme for the two concepts no standard terminology has; declared in the SR."""
+
+PROCEDURE_REPORTED = CodedConcept("36554-4", "LN", "XR Chest Single view")
+"""The imaging procedure the report is about: one chest radiograph (the prior), not the algorithm."""
+FINDING_TYPE = CodedConcept.from_code(codes.SCT.ImagingFinding)
+"""SCT 365853002: the group is a (predicted) imaging finding; what it is lives in free text."""
+HYPOTHESIS = CodedConcept("PGM001", PRIVATE_SCHEME, "Progression hypothesis")
+COUNTERFACTUAL_IMAGE = CodedConcept("PGM002", PRIVATE_SCHEME, "Counterfactual image")
+INTERPRETATION = CodedConcept.from_code(codes.DCM.Finding)
+"""DCM 121071 as TEXT, the way TID 2000 reports carry a finding in words."""
+NOTICE = CodedConcept.from_code(codes.DCM.Comment)
+PROCESSING_ALGORITHM = CodedConcept("Newcode1", "99IHE", "Processing Algorithm")
+"""IHE AIR's Purpose of Reference for the algorithm in Contributing Equipment."""
+
+CODING_SCHEMES = (
+    CodingSchemeIdentificationItem(
+        designator=PRIVATE_SCHEME, name="progemu-pacs private codes", responsible_organization="progemu-pacs"
+    ),
+    CodingSchemeIdentificationItem(
+        designator="99IHE", name="IHE Radiology temporary codes", responsible_organization="IHE"
+    ),
+)
+
+_LO_MAX = 64
+
+
+def build_counterfactual_sr(
+    prior: pydicom.Dataset,
+    sc: pydicom.Dataset,
+    *,
+    algorithm: AlgorithmRecord,
+    text: CounterfactualText,
+    series_number: int = 9902,
+) -> Comprehensive3DSR:
+    """Build the SR describing how ``sc`` was generated from ``prior``; same patient and study, new series."""
+    if sc.StudyInstanceUID != prior.StudyInstanceUID:
+        raise ValueError("the counterfactual SC is not in the prior's study")
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=_device_observer(algorithm)),
+        procedure_reported=PROCEDURE_REPORTED,
+        imaging_measurements=[_counterfactual_group(prior, sc, algorithm, text)],
+    )
+    now = datetime.datetime.now()
+    sr = Comprehensive3DSR(
+        evidence=[prior, sc],
+        content=report[0],
+        series_instance_uid=highdicom.UID(),
+        series_number=series_number,
+        sop_instance_uid=highdicom.UID(),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=[algorithm.version, algorithm.software_version],
+        is_complete=True,
+        is_final=False,
+        series_description=f"{SYNTHETIC_NOTICE} - {algorithm.name} report"[:_LO_MAX],
+        series_date=now.date(),
+        series_time=now.time(),
+        content_date=now.date(),
+        content_time=now.time(),
+        coding_schemes=list(CODING_SCHEMES),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        specific_character_set=UTF8,
+    )
+    sr.ContributingEquipmentSequence.append(_algorithm_equipment(algorithm))
+    log.debug("built counterfactual SR %s for SC %s", sr.SOPInstanceUID, sc.SOPInstanceUID)
+    return sr
+
+
+def algorithm_parameters(algorithm: AlgorithmRecord, text: CounterfactualText) -> list[str]:
+    """TID 4019 "Algorithm Parameters" rows as name=value: everything needed to rerun the exact generation."""
+    return [
+        f"hypothesis={text.hypothesis}",
+        f"checkpoint_sha256={algorithm.checkpoint_sha256}",
+        *(f"{name}={value}" for name, value in sorted(algorithm.parameters.items())),
+    ]
+
+
+def _device_observer(algorithm: AlgorithmRecord) -> ObserverContext:
+    return ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=algorithm.device_uid,
+            name=f"{algorithm.name} {algorithm.version}"[:_LO_MAX],
+            manufacturer_name=algorithm.manufacturer,
+            model_name=algorithm.name,
+        ),
+    )
+
+
+def _counterfactual_group(
+    prior: pydicom.Dataset, sc: pydicom.Dataset, algorithm: AlgorithmRecord, text: CounterfactualText
+) -> MeasurementsAndQualitativeEvaluations:
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=highdicom.UID(), identifier="Counterfactual progression"),
+        finding_type=FINDING_TYPE,
+        algorithm_id=AlgorithmIdentification(
+            name=algorithm.name,
+            version=algorithm.version,
+            parameters=algorithm_parameters(algorithm, text),
+            manufacturer=algorithm.manufacturer,
+        ),
+        source_images=[SourceImageForMeasurementGroup.from_source_image(prior)],
+    )
+    contains = RelationshipTypeValues.CONTAINS
+    group[0].ContentSequence.extend([
+        TextContentItem(name=HYPOTHESIS, value=text.hypothesis, relationship_type=contains),
+        TextContentItem(name=INTERPRETATION, value=text.interpretation, relationship_type=contains),
+        TextContentItem(name=NOTICE, value=SYNTHETIC_NOTICE, relationship_type=contains),
+        ImageContentItem(
+            name=COUNTERFACTUAL_IMAGE,
+            referenced_sop_class_uid=sc.SOPClassUID,
+            referenced_sop_instance_uid=sc.SOPInstanceUID,
+            relationship_type=contains,
+        ),
+    ])
+    return group
+
+
+def _algorithm_equipment(algorithm: AlgorithmRecord) -> pydicom.Dataset:
+    """IHE AIR Contributing Equipment item: who processed the images, down to the exact weights."""
+    item = pydicom.Dataset()
+    item.Manufacturer = algorithm.manufacturer
+    item.ManufacturerModelName = algorithm.name
+    item.SoftwareVersions = [algorithm.version, algorithm.software_version]
+    item.DeviceUID = algorithm.device_uid
+    item.ContributionDescription = f"Counterfactual generation, checkpoint sha256 {algorithm.checkpoint_sha256}"
+    item.PurposeOfReferenceCodeSequence = [PROCESSING_ALGORITHM]
+    return item
