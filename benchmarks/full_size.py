@@ -38,7 +38,8 @@ class _ByteIds:
 
 def full_size_config(layers: int, hidden: int) -> Emu3TextConfig:
     return Emu3TextConfig(vocab_size=184622, hidden_size=hidden, intermediate_size=int(hidden * 3.5),
-                          num_hidden_layers=layers, num_attention_heads=hidden // 128, num_key_value_heads=min(8, hidden // 128),
+                          num_hidden_layers=layers, num_attention_heads=hidden // 128,
+                          num_key_value_heads=min(8, hidden // 128),
                           max_position_embeddings=9216, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
                           pad_token_id=EMU3_LAYOUT.pad, bos_token_id=EMU3_LAYOUT.bos, eos_token_id=EMU3_LAYOUT.eos,
                           attention_dropout=0.0)

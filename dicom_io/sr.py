@@ -95,7 +95,7 @@ def build_counterfactual_sr(
         manufacturer_model_name=algorithm.name,
         software_versions=[algorithm.version, algorithm.software_version],
         is_complete=True,
-        is_final=False,
+        is_final=False,  # unverified machine output: PRELIMINARY, never FINAL
         series_description=f"{SYNTHETIC_NOTICE} - {algorithm.name} report"[:_LO_MAX],
         series_date=now.date(),
         series_time=now.time(),
@@ -110,7 +110,7 @@ def build_counterfactual_sr(
     return sr
 
 
-def algorithm_parameters(algorithm: AlgorithmRecord, text: CounterfactualText) -> list[str]:
+def _algorithm_parameters(algorithm: AlgorithmRecord, text: CounterfactualText) -> list[str]:
     """TID 4019 "Algorithm Parameters" rows as name=value: everything needed to rerun the exact generation."""
     return [
         f"hypothesis={text.hypothesis}",
@@ -140,7 +140,7 @@ def _counterfactual_group(
         algorithm_id=AlgorithmIdentification(
             name=algorithm.name,
             version=algorithm.version,
-            parameters=algorithm_parameters(algorithm, text),
+            parameters=_algorithm_parameters(algorithm, text),
             manufacturer=algorithm.manufacturer,
         ),
         source_images=[SourceImageForMeasurementGroup.from_source_image(prior)],

@@ -10,6 +10,12 @@ from inference.errors import HypothesisError
 _WHITESPACE = re.compile(r"\s+")
 
 
+def clean_text(text: str) -> str:
+    """Drop control and unassigned characters and fold whitespace: safe to render, store and log."""
+    kept = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    return _WHITESPACE.sub(" ", kept.replace("\ufffd", " ")).strip()
+
+
 def normalise_hypothesis(text: str, *, max_chars: int) -> str:
     """Return the hypothesis with control characters removed and whitespace folded.
 
@@ -19,8 +25,7 @@ def normalise_hypothesis(text: str, *, max_chars: int) -> str:
     """
     if not isinstance(text, str):
         raise HypothesisError("the hypothesis must be text")
-    cleaned = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C" or ch in "\t\n")
-    cleaned = _WHITESPACE.sub(" ", cleaned).strip()
+    cleaned = clean_text(text)
     if not cleaned:
         raise HypothesisError("the hypothesis is empty")
     if len(cleaned) > max_chars:

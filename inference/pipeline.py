@@ -11,7 +11,7 @@ import numpy as np
 
 from inference.engines.base import CancelCheck, Engine, ProgressCallback
 from inference.errors import HypothesisError
-from inference.hypothesis import normalise_hypothesis
+from inference.hypothesis import clean_text, normalise_hypothesis
 from inference.sampler import Sampler, SamplerSettings
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.tokenizer import VisionTokenizer
@@ -93,7 +93,7 @@ class CounterfactualPipeline:
         out_codes = prompts.codes_from_generated(generated[:image_length], grid, grid)
         decoded = model.vision.decode(np.stack([out_codes, codes]))
         text_ids = [t for t in generated[image_length:] if t != model.layout.eos]
-        interpretation = model.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        interpretation = clean_text(model.tokenizer.decode(text_ids, skip_special_tokens=True))
         seconds = time.perf_counter() - started
         log.info("generated %d tokens in %.2f s with the %s engine", len(generated), seconds, self.engine.name)
         return Counterfactual(decoded[0], decoded[1], hypothesis, interpretation, settings, tuple(generated), seconds)

@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.uid import generate_uid
@@ -78,7 +77,7 @@ class CounterfactualService:
         sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text)
         fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text,
                                  fhir_version=self.config.fhir_version)
-        preview = render_preview(from_square(result.prior_reconstruction, box), counterfactual,
+        preview = render_preview(prior.pixels, counterfactual, baseline=from_square(result.prior_reconstruction, box),
                                  hypothesis=result.hypothesis, interpretation=result.interpretation)
         log.info("counterfactual SC %s and SR %s built", sc.SOPInstanceUID, sr.SOPInstanceUID)
         return CounterfactualOutputs(sc, sr, fhir, preview, result, algorithm)
@@ -90,6 +89,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are ordinary files for the PACS tools
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -106,10 +106,3 @@ def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) ->
     _atomic_write(paths["fhir"], lambda p: p.write_text(json.dumps(outputs.fhir, indent=2) + "\n"))
     _atomic_write(paths["preview"], lambda p: outputs.preview.save(p, format="PNG"))
     return paths
-
-
-def pixel_digest(dataset: pydicom.Dataset) -> str:
-    """sha256 of the pixel data, to show that the same seed gives the same image."""
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(dataset.pixel_array).tobytes()).hexdigest()

@@ -7,7 +7,7 @@ from inference.hypothesis import normalise_hypothesis
 
 
 def test_whitespace_and_control_characters_are_folded() -> None:
-    assert normalise_hypothesis("  the left\x00 effusion\n\n worsens ", max_chars=100) == "the left effusion worsens"
+    assert normalise_hypothesis("  the left\x00effusion\n\n worsens ", max_chars=100) == "the left effusion worsens"
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t", "\x00\x01"])

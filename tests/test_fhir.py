@@ -1,0 +1,98 @@
+"""FHIR Bundle: valid R5 and R4B, round-trips, and references the DICOM objects by their UIDs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+from fhir.resources.bundle import Bundle as BundleR5
+from fhir.resources.R4B.bundle import Bundle as BundleR4B
+
+from dicom_io.fhir import FHIR_VERSIONS, build_fhir_bundle
+from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText
+from dicom_io.sc import build_counterfactual_sc
+from dicom_io.sr import build_counterfactual_sr
+from dicom_io.synthetic import build_synthetic_image
+
+BUNDLES = {"R5": BundleR5, "R4B": BundleR4B}
+TEXT = CounterfactualText(hypothesis="the left pleural effusion worsens",
+                          interpretation="Larger left pleural effusion.")
+ALGORITHM = AlgorithmRecord(name="ProgEmu", version="test-0", checkpoint_sha256="cd" * 32, software_version="0.1.0",
+                            device_uid="2.25.161803", parameters={"seed": "7", "top_k": "2048"})
+
+
+def oid(uid: str) -> dict[str, str]:
+    return {"system": "urn:dicom:uid", "value": f"urn:oid:{uid}"}
+
+
+@pytest.fixture(scope="module")
+def dicom() -> tuple[pydicom.Dataset, pydicom.Dataset, pydicom.Dataset]:
+    prior = build_synthetic_image(np.full((64, 48), 1000, np.uint16), patient_id="FHIR-TEST-1")
+    sc = build_counterfactual_sc(prior, np.full((64, 48), 0.5, np.float32), algorithm=ALGORITHM, text=TEXT)
+    return prior, build_counterfactual_sr(prior, sc, algorithm=ALGORITHM, text=TEXT), sc
+
+
+def build(dicom, version: str) -> dict:
+    prior, sr, sc = dicom
+    return build_fhir_bundle(prior, sr, sc, algorithm=ALGORITHM, text=TEXT, fhir_version=version)
+
+
+def by_type(bundle: dict) -> dict[str, tuple[str, dict]]:
+    return {e["resource"]["resourceType"]: (e["fullUrl"], e["resource"]) for e in bundle["entry"]}
+
+
+@pytest.mark.parametrize("version", FHIR_VERSIONS)
+def test_round_trips_and_is_json(dicom, version) -> None:
+    bundle = build(dicom, version)
+    assert BUNDLES[version].model_validate(bundle).model_dump(mode="json") == bundle
+    assert json.loads(json.dumps(bundle)) == bundle
+    assert bundle["type"] == "collection"
+    assert all(e["fullUrl"].startswith("urn:uuid:") for e in bundle["entry"])
+    assert sorted(by_type(bundle)) == ["Device", "DiagnosticReport", "Observation"]
+
+
+@pytest.mark.parametrize("version", FHIR_VERSIONS)
+def test_references_carry_the_dicom_uids(dicom, version) -> None:
+    prior, sr, sc = dicom
+    resources = by_type(build(dicom, version))
+    device_url, device = resources["Device"]
+    observation_url, observation = resources["Observation"]
+    _, report = resources["DiagnosticReport"]
+
+    assert oid(ALGORITHM.device_uid) in device["identifier"]
+    assert device["manufacturer"] == ALGORITHM.manufacturer
+    assert {v["value"] for v in device["version"]} >= {ALGORITHM.version, ALGORITHM.checkpoint_sha256}
+
+    assert observation["status"] == "final"
+    assert observation["identifier"] == [oid(sr.SOPInstanceUID)]
+    assert observation["valueString"] == TEXT.interpretation
+    assert observation["device"] == {"reference": device_url}
+    assert [r["identifier"] for r in observation["derivedFrom"]] == [oid(sr.SOPInstanceUID), oid(sc.SOPInstanceUID)]
+    components = {c["code"]["text"]: c["valueString"] for c in observation["component"]}
+    assert components["Progression hypothesis"] == TEXT.hypothesis
+    assert components["seed"] == "7" and components["checkpoint_sha256"] == ALGORITHM.checkpoint_sha256
+
+    study_key = "study" if version == "R5" else "imagingStudy"
+    assert [r["identifier"] for r in report[study_key]] == [oid(prior.StudyInstanceUID)]
+    assert report["status"] == "final"
+    assert report["result"] == [{"reference": observation_url}]
+    assert SYNTHETIC_NOTICE in report["conclusion"] and TEXT.interpretation in report["conclusion"]
+    for resource in (observation, report):
+        assert resource["subject"]["identifier"]["value"] == "FHIR-TEST-1"
+
+
+def test_versions_differ_where_fhir_does(dicom) -> None:
+    r5, r4b = (by_type(build(dicom, v)) for v in ("R5", "R4B"))
+    assert "name" in r5["Device"][1] and "deviceName" in r4b["Device"][1]
+    assert "imagingStudy" not in r5["DiagnosticReport"][1] and "study" not in r4b["DiagnosticReport"][1]
+
+
+def test_same_sr_same_entry_urls(dicom) -> None:
+    assert [e["fullUrl"] for e in build(dicom, "R5")["entry"]] == [e["fullUrl"] for e in build(dicom, "R5")["entry"]]
+
+
+def test_rejects_unknown_version(dicom) -> None:
+    with pytest.raises(ValueError, match="R4"):
+        build(dicom, "R4")

@@ -1,0 +1,137 @@
+"""Counterfactual SR: IHE AIR style TID 1500, dciodvfy-clean, readable by dsrdump, traceable to the exact weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_io.records import AlgorithmRecord, CounterfactualText
+from dicom_io.sc import build_counterfactual_sc
+from dicom_io.sr import build_counterfactual_sr
+from dicom_io.synthetic import build_synthetic_image
+from tests.dicom_validators import assert_dciodvfy_clean, dsrdump_text
+
+HYPOTHESIS = "the left pleural effusion worsens"
+INTERPRETATION = "Larger left pleural effusion with blunting of the left costophrenic angle."
+CHECKPOINT = "0123456789abcdef" * 4
+
+
+@pytest.fixture
+def algorithm() -> AlgorithmRecord:
+    return AlgorithmRecord(name="ProgEmu", version="test-0", checkpoint_sha256=CHECKPOINT, software_version="0.1.0",
+                           device_uid="2.25.271828",
+                           parameters={"seed": "42", "top_k": "2048", "temperature": "1.0", "cfg_scale": "3.0"})
+
+
+@pytest.fixture
+def text() -> CounterfactualText:
+    return CounterfactualText(hypothesis=HYPOTHESIS, interpretation=INTERPRETATION)
+
+
+@pytest.fixture
+def prior() -> pydicom.Dataset:
+    return build_synthetic_image(np.full((128, 96), 2000, np.uint16), patient_id="SR-TEST-1")
+
+
+@pytest.fixture
+def sc(prior, algorithm, text) -> pydicom.Dataset:
+    pixels = np.full((prior.Rows, prior.Columns), 0.5, np.float32)
+    return build_counterfactual_sc(prior, pixels, algorithm=algorithm, text=text)
+
+
+@pytest.fixture
+def sr(prior, sc, algorithm, text) -> pydicom.Dataset:
+    return build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text)
+
+
+def walk(items) -> Iterator[pydicom.Dataset]:
+    for item in items:
+        yield item
+        yield from walk(item.get("ContentSequence", []))
+
+
+def named(sr: pydicom.Dataset, code_value: str, value_type: str | None = None) -> list[pydicom.Dataset]:
+    return [item for item in walk(sr.ContentSequence)
+            if item.ConceptNameCodeSequence[0].CodeValue == code_value
+            and (value_type is None or item.ValueType == value_type)]
+
+
+def referenced_uids(items) -> set[str]:
+    return {ref.ReferencedSOPInstanceUID for item in items for ref in item.ReferencedSOPSequence}
+
+
+def test_passes_dciodvfy_and_dsrdump(sr, tmp_path) -> None:
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    dump = dsrdump_text(path)
+    assert HYPOTHESIS in dump and CHECKPOINT in dump and INTERPRETATION in dump
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
+def test_non_ascii_hypothesis_is_kept(prior, sc, algorithm, tmp_path) -> None:
+    text = CounterfactualText(hypothesis="Pleuraerguss links verstärkt → größer", interpretation="Größerer Erguss.")
+    path = tmp_path / "sr.dcm"
+    build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text).save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    assert text.hypothesis in dsrdump_text(path)
+    assert pydicom.dcmread(path).SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_same_patient_and_study_new_series(sr, sc, prior) -> None:
+    assert sr.PatientID == prior.PatientID == "SR-TEST-1"
+    assert sr.StudyInstanceUID == prior.StudyInstanceUID
+    assert sr.SeriesInstanceUID not in (prior.SeriesInstanceUID, sc.SeriesInstanceUID)
+    assert (sr.Modality, sr.SeriesNumber) == ("SR", 9902)
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    assert sr.SeriesDate and sr.SeriesTime
+
+
+def test_tid_1500_root_with_device_observer_and_procedure(sr, algorithm) -> None:
+    assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
+    (observer,) = named(sr, "121012", "UIDREF")
+    assert observer.UID == algorithm.device_uid
+    (procedure,) = named(sr, "121058", "CODE")
+    assert procedure.ConceptCodeSequence[0].CodeValue == "36554-4"
+
+
+def test_tid_4019_algorithm_identification(sr, algorithm) -> None:
+    assert [i.TextValue for i in named(sr, "111001")] == [algorithm.name]
+    assert [i.TextValue for i in named(sr, "111003")] == [algorithm.version]
+    parameters = {i.TextValue for i in named(sr, "111002")}
+    assert {f"hypothesis={HYPOTHESIS}", f"checkpoint_sha256={CHECKPOINT}", "seed=42", "top_k=2048",
+            "temperature=1.0", "cfg_scale=3.0"} <= parameters
+
+
+def test_text_items_hold_hypothesis_and_interpretation(sr) -> None:
+    assert [i.TextValue for i in named(sr, "PGM001", "TEXT")] == [HYPOTHESIS]
+    assert [i.TextValue for i in named(sr, "121071", "TEXT")] == [INTERPRETATION]
+    schemes = {item.CodingSchemeDesignator for item in sr.CodingSchemeIdentificationSequence}
+    assert {"99PROGEMU", "99IHE"} <= schemes
+
+
+def test_references_prior_and_counterfactual(sr, sc, prior) -> None:
+    assert referenced_uids(named(sr, "PGM002", "IMAGE")) == {sc.SOPInstanceUID}
+    sources = [i for i in walk(sr.ContentSequence) if i.ValueType == "IMAGE" and i.RelationshipType == "CONTAINS"]
+    assert referenced_uids(sources) == {sc.SOPInstanceUID, prior.SOPInstanceUID}
+    evidence = {ref.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    assert evidence == {sc.SOPInstanceUID, prior.SOPInstanceUID}
+
+
+def test_contributing_equipment_names_the_algorithm(sr, algorithm) -> None:
+    (item,) = [i for i in sr.ContributingEquipmentSequence
+               if i.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"]
+    assert item.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
+    assert item.DeviceUID == algorithm.device_uid
+    assert (item.Manufacturer, item.ManufacturerModelName) == (algorithm.manufacturer, algorithm.name)
+    assert list(item.SoftwareVersions) == [algorithm.version, algorithm.software_version]
+
+
+def test_rejects_sc_from_another_study(prior, sc, algorithm, text) -> None:
+    sc.StudyInstanceUID = pydicom.uid.generate_uid()
+    with pytest.raises(ValueError):
+        build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text)
