@@ -1,0 +1,151 @@
+"""The `progemu` command end to end: outputs that validate, reproducible seeds, one-line refusals, no PHI in logs."""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from fhir.resources.bundle import Bundle
+
+from dicom_io.records import SYNTHETIC_NOTICE
+from dicom_io.synthetic import build_synthetic_image
+from plugin.cli import main
+from tests.dicom_fixtures import chest_pixels, write
+from tests.dicom_validators import assert_dciodvfy_clean, dsrdump_text
+
+PATIENT = {"patient_name": "DOE^JANE", "patient_id": "MRN-778899", "patient_birth_date": "19510203"}
+OUTPUTS = ("counterfactual.dcm", "report.dcm", "fhir.json", "preview.png")
+
+
+@pytest.fixture
+def prior(tmp_path: Path) -> Path:
+    return write(build_synthetic_image(chest_pixels(), modality="CR", **PATIENT), tmp_path / "prior.dcm")
+
+
+def counterfactual(prior: Path, out: Path, model: Path, *extra: str) -> int:
+    return main(["counterfactual", str(prior), "--hypothesis", "the left pleural effusion worsens",
+                 "--out", str(out), "--model", str(model), "--engine", "torch", *extra])
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    """As a new user runs it: the console script, the shipped prior and the shipped model."""
+    out = tmp_path / "demo"
+    done = subprocess.run([str(Path(sys.executable).parent / "progemu"), "demo", "--out", str(out), "--seed", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert all((out / name).exists() for name in OUTPUTS)
+    assert done.stdout.count("\n") == 1 and "wrote counterfactual.dcm" in done.stdout and "seed 1" in done.stdout
+    assert "generating" in done.stderr  # the progress bar
+    assert_dciodvfy_clean(out / "counterfactual.dcm")
+    assert_dciodvfy_clean(out / "report.dcm")
+    report = dsrdump_text(out / "report.dcm")
+    assert "pleural effusion has developed" in report and "seed=1" in report
+    sc, prior_ds = pydicom.dcmread(out / "counterfactual.dcm"), pydicom.dcmread(
+        Path(__file__).parents[1] / "plugin" / "assets" / "demo_prior.dcm")
+    assert sc.StudyInstanceUID == prior_ds.StudyInstanceUID and sc.SeriesInstanceUID != prior_ds.SeriesInstanceUID
+    assert (sc.Rows, sc.Columns) == (prior_ds.Rows, prior_ds.Columns)
+    assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and SYNTHETIC_NOTICE in sc.ImageComments
+    bundle = json.loads((out / "fhir.json").read_text())
+    assert Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)["type"] == "collection"
+
+
+def test_same_seed_gives_byte_identical_pixels(prior: Path, tmp_path: Path, small_checkpoint: Path) -> None:
+    assert counterfactual(prior, tmp_path / "a", small_checkpoint, "--seed", "5") == 0
+    assert counterfactual(prior, tmp_path / "b", small_checkpoint, "--seed", "5") == 0
+    assert counterfactual(prior, tmp_path / "c", small_checkpoint, "--seed", "6") == 0
+    a, b, c = (pydicom.dcmread(tmp_path / d / "counterfactual.dcm") for d in "abc")
+    assert a.PixelData == b.PixelData
+    assert a.PixelData != c.PixelData
+    assert a.SOPInstanceUID != b.SOPInstanceUID  # a new instance each run, the same pixels
+
+
+def test_sampler_settings_reach_the_report(prior: Path, tmp_path: Path, small_checkpoint: Path) -> None:
+    assert counterfactual(prior, tmp_path / "o", small_checkpoint, "--seed", "9", "--cfg-scale", "2.5",
+                          "--top-k", "7", "--top-p", "0.9", "--temperature", "0.8", "--fhir-version", "R4B") == 0
+    report = dsrdump_text(tmp_path / "o" / "report.dcm")
+    for setting in ("seed=9", "cfg_scale=2.5", "top_k=7", "top_p=0.9", "temperature=0.8", "checkpoint_sha256="):
+        assert setting in report
+    from fhir.resources.R4B.bundle import Bundle as BundleR4B
+
+    BundleR4B.model_validate(json.loads((tmp_path / "o" / "fhir.json").read_text()))
+
+
+def _refusal(capsys: pytest.CaptureFixture, code: int, pattern: str) -> None:
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("progemu: error: ") and pattern in lines[-1], err
+    assert "Traceback" not in err
+
+
+def _dataset_file(tmp_path: Path, edit) -> Path:  # noqa: ANN001
+    ds = build_synthetic_image(chest_pixels(), **PATIENT)
+    edit(ds)
+    return write(ds, tmp_path / "bad.dcm")
+
+
+def test_not_dicom(tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    _refusal(capsys, counterfactual(tmp_path / "notes.txt", tmp_path / "o", small_checkpoint), "not a readable DICOM")
+
+
+def test_truncated(prior: Path, tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "t.dcm").write_bytes(prior.read_bytes()[:5000])
+    _refusal(capsys, counterfactual(tmp_path / "t.dcm", tmp_path / "o", small_checkpoint), "truncated")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ds: delattr(ds, "PixelData"), "no pixel data"),
+    (lambda ds: setattr(ds, "NumberOfFrames", 3), "multi-frame"),
+    (lambda ds: (setattr(ds, "SamplesPerPixel", 3), setattr(ds, "PhotometricInterpretation", "RGB")), "colour"),
+    (lambda ds: (setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"), setattr(ds, "Modality", "CT")),
+     "modality CT"),
+])
+def test_unusable_images(tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture, edit,  # noqa: ANN001
+                         message: str) -> None:
+    _refusal(capsys, counterfactual(_dataset_file(tmp_path, edit), tmp_path / "o", small_checkpoint), message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_oversized(prior: Path, tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROGEMU_MAX_IMAGE_PIXELS", "1000")
+    _refusal(capsys, counterfactual(prior, tmp_path / "o", small_checkpoint), "the limit is 1000")
+
+
+@pytest.mark.parametrize("hypothesis, message", [("   ", "empty"), ("x" * 501, "the limit is 500")])
+def test_bad_hypotheses(prior: Path, tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture,
+                        hypothesis: str, message: str) -> None:
+    code = main(["counterfactual", str(prior), "--hypothesis", hypothesis, "--out", str(tmp_path / "o"),
+                 "--model", str(small_checkpoint)])
+    _refusal(capsys, code, message)
+
+
+@pytest.mark.parametrize("option, value, message", [("--seed", "-4", "seed"), ("--top-p", "1.5", "top-p"),
+                                                    ("--temperature", "-1", "temperature")])
+def test_bad_settings(prior: Path, tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture,
+                      option: str, value: str, message: str) -> None:
+    _refusal(capsys, counterfactual(prior, tmp_path / "o", small_checkpoint, option, value), message)
+
+
+def test_missing_prior_and_model(tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    _refusal(capsys, counterfactual(tmp_path / "nope.dcm", tmp_path / "o", small_checkpoint), "does not exist")
+    prior = write(build_synthetic_image(chest_pixels()), tmp_path / "p.dcm")
+    _refusal(capsys, counterfactual(prior, tmp_path / "o", tmp_path / "no-model"), "does not exist")
+
+
+def test_no_phi_in_logs(prior: Path, tmp_path: Path, small_checkpoint: Path,
+                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        code = main(["-vv", "counterfactual", str(prior), "--hypothesis", "effusion worsens", "--out",
+                     str(tmp_path / "o"), "--model", str(small_checkpoint)])
+    assert code == 0
+    logged = caplog.text
+    assert logged  # something was logged at debug level
+    for value in ("DOE", "JANE", "MRN-778899", "19510203"):
+        assert value not in logged
+    assert np.frombuffer(pydicom.dcmread(tmp_path / "o" / "counterfactual.dcm").PixelData, np.uint8).size > 0
