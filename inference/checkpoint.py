@@ -22,7 +22,7 @@ SPEC_NAME = "progemu.json"
 _CHUNK = 1 << 20
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -42,7 +42,7 @@ def compute_manifest(directory: Path) -> dict[str, str]:
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
         if path.is_file() and relative.as_posix() != MANIFEST_NAME and relative.parts[0] not in EXCLUDED_DIRS:
-            manifest[relative.as_posix()] = _sha256_file(path)
+            manifest[relative.as_posix()] = sha256_file(path)
     return manifest
 
 

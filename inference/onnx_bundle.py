@@ -6,7 +6,6 @@ onnxruntime, NumPy and the tokenizer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from transformers import PreTrainedTokenizerFast
 
+from inference.checkpoint import sha256_file
 from inference.errors import CheckpointError
 from inference.sequence import PromptBuilder, TokenLayout
 
@@ -47,14 +47,6 @@ def select_providers(requested: Sequence[str] = PROVIDER_ORDER) -> list[str]:
     return chosen
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_manifest(directory: Path, *, verify_hashes: bool = True) -> dict:
     """Load and check ``manifest.json``: format, opset, every file present and matching its sha256."""
     path = directory / MANIFEST
@@ -73,7 +65,7 @@ def read_manifest(directory: Path, *, verify_hashes: bool = True) -> dict:
         file = directory / name
         if not file.exists():
             raise OnnxExportError(f"{directory}: {name} is missing; export again")
-        if verify_hashes and _sha256(file) != entry["sha256"]:
+        if verify_hashes and sha256_file(file) != entry["sha256"]:
             raise OnnxExportError(f"{directory}: {name} does not match its sha256 in {MANIFEST}")
     return manifest
 

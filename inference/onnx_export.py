@@ -8,7 +8,6 @@ the visual vocabulary (``head_visual``) instead of all of it (``head``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -19,15 +18,14 @@ import onnx
 import torch
 from transformers import DynamicCache
 
+from inference.checkpoint import sha256_file
 from inference.model import ProgEmuModel
+from inference.onnx_bundle import FORMAT, MANIFEST, SUPPORTED_OPSETS
 
 log = logging.getLogger(__name__)
 
-OPSET = 18
-MANIFEST = "manifest.json"
-FORMAT = "progemu-onnx/1"
+OPSET = SUPPORTED_OPSETS[-1]
 PRECISIONS = ("fp32", "fp16")
-GRAPHS = ("vq_encoder", "vq_decoder", "lm", "head", "head_visual")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with room for the graph itself
 
@@ -72,14 +70,6 @@ class _Call(torch.nn.Module):
 
 def kv_names(layers: int, prefix: str) -> list[str]:
     return [f"{prefix}_{kind}.{i}" for i in range(layers) for kind in ("key", "value")]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _io_signature(path: Path) -> dict[str, list[dict]]:
@@ -160,7 +150,7 @@ def export_onnx(model: ProgEmuModel, out: str | Path, *, precisions: tuple[str, 
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
         relative = path.relative_to(directory).as_posix()
-        entry: dict = {"sha256": _sha256(path)}
+        entry: dict = {"sha256": sha256_file(path)}
         if path.suffix == ".onnx":
             entry.update(_io_signature(path))
         files[relative] = entry

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from transformers import Emu3ForCausalLM, Emu3TextConfig
 
 from inference.sequence import IGNORE_INDEX, PromptBuilder
-from inference.training.history import load_history, plot_history, save_history
+from inference.training.history import StageLog
 from inference.training.state import load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_si
                          ) -> Emu3ForCausalLM:
     """Train (or resume) in ``work_dir``; deterministic for a seed, the same whether resumed or not."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    state_path, history_path = work_dir / "lm_state.pt", work_dir / "lm_history.json"
+    state_path = work_dir / "lm_state.pt"
     model = build_language_model(config, prompts, vocab_size).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -115,9 +114,7 @@ def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_si
         optimiser.load_state_dict(state["optimiser"])
         start = int(state["step"])
         log.info("resuming language-model training at step %d", start)
-    history = [row for row in load_history(history_path) if row["step"] < start]
-    window: list[float] = []
-    started = time.perf_counter()
+    stage_log = StageLog(work_dir, "lm", "loss", "language model: training loss", config.steps, start, progress)
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, step])  # per-step stream: resuming changes nothing
         indices = rng.integers(0, len(pairs), size=config.batch_size)
@@ -130,17 +127,9 @@ def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_si
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
-        window.append(float(loss))
         done = step + 1
-        if done % 10 == 0 or done == config.steps:
-            history.append({"step": done, "loss": float(np.mean(window))})
-            window = []
-            if progress is not None:
-                progress(done, config.steps, history[-1]["loss"])
+        stage_log.record(done, float(loss))
         if done % config.save_every == 0 or done == config.steps:
             save_state(state_path, model=model.state_dict(), optimiser=optimiser.state_dict(), step=done)
-            save_history(history, history_path)
-            plot_history(history, work_dir / "lm_loss.png", "language model: training loss")
-            log.info("step %d/%d loss %.4f (%.0f s)", done, config.steps, float(loss),
-                     time.perf_counter() - started)
+            stage_log.save(done)
     return model.eval()

@@ -9,7 +9,6 @@ restarted on current encoder outputs.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from inference.small_vq import SmallVQConfig, SmallVQVAE
-from inference.training.history import load_history, plot_history, save_history
+from inference.training.history import StageLog
 from inference.training.state import load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
              progress: Callable[[int, int, float], None] | None = None) -> SmallVQVAE:
     """Train (or resume) on float32 images [N, H, W] in [0, 1]."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    state_path, history_path = work_dir / "vq_state.pt", work_dir / "vq_history.json"
+    state_path = work_dir / "vq_state.pt"
     torch.manual_seed(config.seed)
     model = SmallVQVAE(config.model).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -63,10 +62,8 @@ def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
         optimiser.load_state_dict(state["optimiser"])
         start = int(state["step"])
         log.info("resuming VQ training at step %d", start)
-    history = [row for row in load_history(history_path) if row["step"] < start]
+    stage_log = StageLog(work_dir, "vq", "mse", "VQ tokenizer: reconstruction MSE", config.steps, start, progress)
     usage = torch.zeros(config.model.codebook_size)
-    started = time.perf_counter()
-    window: list[float] = []
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, step])
         batch = torch.from_numpy(images[rng.integers(0, len(images), size=config.batch_size)])[:, None]
@@ -88,17 +85,9 @@ def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
                 restarted = _restart_dead_codes(model, usage, model.encode_latents(batch), generator)
             log.debug("restarted %d dead codes at step %d", restarted, step + 1)
             usage.zero_()
-        window.append(F.mse_loss(reconstruction, batch).item())
         done = step + 1
-        if done % 10 == 0 or done == config.steps:
-            history.append({"step": done, "mse": float(np.mean(window))})
-            window = []
-            if progress is not None:
-                progress(done, config.steps, history[-1]["mse"])
+        stage_log.record(done, F.mse_loss(reconstruction, batch).item())
         if done % config.save_every == 0 or done == config.steps:
             save_state(state_path, model=model.state_dict(), optimiser=optimiser.state_dict(), step=done)
-            save_history(history, history_path)
-            plot_history(history, work_dir / "vq_loss.png", "VQ tokenizer: reconstruction MSE")
-            log.info("VQ step %d/%d mse %.5f (%.0f s)", done, config.steps, float(loss),
-                     time.perf_counter() - started)
+            stage_log.save(done)
     return model.eval()

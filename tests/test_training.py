@@ -1,0 +1,68 @@
+"""Training: a smoke-sized run lowers the loss, is deterministic, and resumes to the same weights."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.data.dataset import Dataset, make_dataset
+from inference.model import load_progemu
+from inference.sequence import PromptBuilder, TokenLayout
+from inference.small_vq import SmallVQConfig
+from inference.text_tokenizer import build_byte_tokenizer
+from inference.training.lm import LMTrainConfig, TokenisedPairs, train_language_model
+from inference.training.run import TrainConfig, train_demo_model
+from inference.training.vq import VQTrainConfig
+
+TINY_LM = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, batch_size=4, warmup_steps=2,
+               learning_rate=3e-3, save_every=5)
+
+
+@pytest.fixture(scope="module")
+def pairs() -> tuple[TokenisedPairs, PromptBuilder, int]:
+    rng = np.random.default_rng(0)
+    prior = rng.integers(0, 16, size=(8, 4, 4))
+    follow = prior.copy()
+    follow[:, 2:] = 3  # a learnable change
+    tokenizer = build_byte_tokenizer(16)
+    prompts = PromptBuilder(TokenLayout.from_tokenizer(tokenizer, 16), tokenizer)
+    texts = ["effusion worsens"] * 8
+    return TokenisedPairs(prior, follow, texts, ["The basal opacity has increased."] * 8), prompts, len(tokenizer)
+
+
+def test_a_few_steps_lower_the_loss(pairs, tmp_path: Path) -> None:  # noqa: ANN001
+    data, prompts, vocab = pairs
+    losses: list[float] = []
+    train_language_model(data, prompts, vocab, LMTrainConfig(steps=30, **TINY_LM), tmp_path,
+                         progress=lambda done, total, loss: losses.append(loss))
+    assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
+    assert (tmp_path / "lm_loss.png").stat().st_size > 1000 and (tmp_path / "lm_history.json").exists()
+
+
+def test_resume_gives_the_same_weights(pairs, tmp_path: Path) -> None:  # noqa: ANN001
+    data, prompts, vocab = pairs
+    config = LMTrainConfig(steps=20, **TINY_LM)
+    straight = train_language_model(data, prompts, vocab, config, tmp_path / "a")
+
+    def interrupt(done: int, total: int, loss: float) -> None:
+        raise KeyboardInterrupt  # at step 10; the last saved state is step 5's
+
+    with pytest.raises(KeyboardInterrupt):
+        train_language_model(data, prompts, vocab, config, tmp_path / "b", progress=interrupt)
+    resumed = train_language_model(data, prompts, vocab, config, tmp_path / "b")
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_recipe_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", 16, seed=1, size=32)
+    config = TrainConfig(vq=VQTrainConfig(model=SmallVQConfig(codebook_size=32, channels=16, downsample_steps=2),
+                                          steps=4, batch_size=4, save_every=2),
+                         lm=LMTrainConfig(steps=3, **TINY_LM), vq_images=16, version="smoke")
+    identity = train_demo_model(tmp_path / "data", tmp_path / "ckpt", tmp_path / "work", config)
+    model = load_progemu(tmp_path / "ckpt")
+    assert model.checkpoint_sha256 == identity and model.spec.version == "smoke" and model.grid == 8
+    codes = model.vision.encode(Dataset.open(tmp_path / "data").image(
+        Dataset.open(tmp_path / "data").records[0], "prior")[None])
+    assert codes.shape == (1, 8, 8) and codes.max() < 32
