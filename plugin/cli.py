@@ -238,23 +238,18 @@ def _evaluate(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    handlers = {
+        "counterfactual": lambda: _run_counterfactual(args, args.prior, args.out or Path("progemu-output")),
+        "demo": lambda: _run_counterfactual(args, DEMO_PRIOR, args.out or Path("progemu-demo")),
+        "export-onnx": lambda: _export_onnx(args),
+        "verify-onnx": lambda: _verify_onnx(args),
+        "convert-checkpoint": lambda: _convert(args),
+        "make-dataset": lambda: _make_dataset(args),
+        "train": lambda: _train(args),
+        "evaluate": lambda: _evaluate(args),
+    }
     try:
-        if args.command == "counterfactual":
-            _run_counterfactual(args, args.prior, args.out or Path("progemu-output"))
-        elif args.command == "demo":
-            _run_counterfactual(args, DEMO_PRIOR, args.out or Path("progemu-demo"))
-        elif args.command == "export-onnx":
-            _export_onnx(args)
-        elif args.command == "verify-onnx":
-            return _verify_onnx(args)
-        elif args.command == "convert-checkpoint":
-            _convert(args)
-        elif args.command == "make-dataset":
-            _make_dataset(args)
-        elif args.command == "train":
-            _train(args)
-        elif args.command == "evaluate":
-            _evaluate(args)
+        return handlers[args.command]() or 0
     except (DicomInputError, InferenceError, UsageError) as exc:
         print(f"progemu: error: {exc}", file=sys.stderr)
         return 2
@@ -265,7 +260,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"progemu: error: {exc.strerror or exc} ({exc.filename or ''})", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":
