@@ -64,6 +64,23 @@ def test_engines_give_identical_tokens(small_model: ProgEmuModel, onnx_model: On
     np.testing.assert_allclose(a.image, b.image, atol=1e-4)
 
 
+def test_device_binding_path_gives_the_same_tokens(small_model: ProgEmuModel, onnx_model: OnnxProgEmu) -> None:
+    """The I/O-binding backend CUDA uses (KV cache kept as OrtValues), run on the host device."""
+    from inference.engines.base import decode
+    from inference.engines.onnx_engine import OnnxDeviceBackend, OnnxHostBackend
+    from inference.sampler import Sampler
+
+    grid = small_model.grid
+    codes = small_model.vision.encode(pattern(small_model.spec.image_size)[None])[0]
+    cond = small_model.prompts.conditional_prompt(codes, "cardiomegaly develops")
+    uncond = small_model.prompts.unconditional_prompt(grid, grid)
+    settings = SamplerSettings(seed=4, max_text_tokens=8)
+    host = decode(OnnxHostBackend(onnx_model), cond, uncond, Sampler(settings, small_model.layout, grid, grid))
+    bound = decode(OnnxDeviceBackend(onnx_model, device="cpu"), cond, uncond,
+                   Sampler(settings, small_model.layout, grid, grid))
+    assert host == bound
+
+
 def test_fp16_graphs_run(export: Path, small_model: ProgEmuModel) -> None:
     half = OnnxProgEmu(export, precision="fp16", providers=["CPUExecutionProvider"])
     report = verify_onnx(small_model, half, seed=0)

@@ -67,15 +67,19 @@ class OnnxHostBackend(_OnnxBackend):
 
 
 class OnnxDeviceBackend(_OnnxBackend):
-    """CUDA/TensorRT: KV cache and hidden state stay on the device between steps."""
+    """CUDA/TensorRT: KV cache and hidden state stay on the device between steps.
 
-    def __init__(self, model: OnnxProgEmu, device_id: int = 0) -> None:
+    ``device`` is an onnxruntime device name; "cpu" runs the same binding code on
+    the host, which is how the tests exercise it on a machine without a GPU.
+    """
+
+    def __init__(self, model: OnnxProgEmu, device: str = "cuda", device_id: int = 0) -> None:
         super().__init__(model)
-        self.device_id = device_id
+        self.device, self.device_id = device, device_id
         self.present_names = [o.name for o in self.lm.get_outputs()[1:]]
 
     def _device(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device_id)
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
 
     def _run(self, ids: np.ndarray, positions: np.ndarray) -> None:
         binding = self.lm.io_binding()
@@ -85,9 +89,9 @@ class OnnxDeviceBackend(_OnnxBackend):
         past = getattr(self, "past", None) or [self._device(self._empty_past(ids.shape[0]))] * len(self.past_names)
         for name, value in zip(self.past_names, past, strict=True):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output("hidden", "cuda", self.device_id)
+        binding.bind_output("hidden", self.device, self.device_id)
         for name in self.present_names:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, self.device, self.device_id)
         self.lm.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         self.hidden, self.past = outputs[0], list(outputs[1:])
