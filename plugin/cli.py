@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from dicom_io.errors import DicomInputError
 from inference.errors import InferenceError
+from inference.sampler import SamplerSettings
 from plugin import __version__
 from plugin.config import DEMO_PRIOR, Settings
 
@@ -26,8 +27,9 @@ class UsageError(Exception):
     """A refusal to report as one line, without a traceback."""
 
 
-def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help="output directory")
+def _add_sampler_options(parser: argparse.ArgumentParser, *, with_out: bool = True) -> None:
+    if with_out:
+        parser.add_argument("--out", type=Path, help="output directory")
     parser.add_argument("--seed", type=int, help="sampling seed (same seed, same output)")
     parser.add_argument("--model", type=Path, help="checkpoint directory (default: the shipped demo model)")
     parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1 = off)")
@@ -83,13 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
 
     evaluate = commands.add_parser("evaluate", help="score a model on a dataset's held-out split, CFG on and off")
-    evaluate.add_argument("--model", type=Path, help="checkpoint (default: the shipped demo model)")
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--limit", type=int, default=100, help="held-out records to score")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--cfg-scale", type=float, default=3.0)
-    evaluate.add_argument("--engine", choices=("auto", "torch", "onnx"))
+    _add_sampler_options(evaluate, with_out=False)
 
     verify = commands.add_parser("verify-onnx", help="compare an ONNX export with its PyTorch checkpoint")
     verify.add_argument("export_dir", type=Path, help="the export directory")
@@ -110,16 +109,22 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _sampler_settings(args: argparse.Namespace, config: Settings) -> SamplerSettings:
+    from plugin.runtime import default_sampler_settings
+
+    return default_sampler_settings(config, seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k,
+                                    top_p=args.top_p, temperature=args.temperature)
+
+
 def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> None:
     from inference.model import quiet_transformers
     from plugin.counterfactual import write_outputs
-    from plugin.runtime import default_sampler_settings, load_service
+    from plugin.runtime import load_service
 
     if not prior.is_file():
         raise UsageError(f"prior image {prior} does not exist")
     config = _settings(args)
-    sampler = default_sampler_settings(config, seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k,
-                                       top_p=args.top_p, temperature=args.temperature)
+    sampler = _sampler_settings(args, config)
     started = time.perf_counter()
     quiet_transformers()
     service = load_service(config)
@@ -229,8 +234,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     quiet_transformers()
     pipeline = load_pipeline(_settings(args))
     bar = _Bar()
-    report = evaluate(pipeline, Dataset.open(args.data), args.out, limit=args.limit, seed=args.seed,
-                      cfg_scale=args.cfg_scale, progress=bar)
+    report = evaluate(pipeline, Dataset.open(args.data), args.out, limit=args.limit, progress=bar,
+                      sampler=_sampler_settings(args, _settings(args)))
     print((args.out / "metrics.md").read_text(), end="")
     print(f"{report['data']['records']} held-out records; details in {args.out / 'metrics.json'}")
 

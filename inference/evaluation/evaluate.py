@@ -6,6 +6,7 @@ prior, counterfactual and ground-truth follow-up).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -144,14 +145,15 @@ def example_grid(examples: list, path: Path, count: int = 6) -> None:
     plt.close(figure)
 
 
-def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, limit: int = 100, seed: int = 0,
-             cfg_scale: float = 3.0, progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Score CFG on and CFG off on the first ``limit`` held-out records; write the three reports."""
+def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, limit: int = 100,
+             sampler: SamplerSettings | None = None,
+             progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Score ``sampler`` with its CFG and with CFG off on the first ``limit`` held-out records; write the reports."""
+    sampler = sampler or SamplerSettings()
     out.mkdir(parents=True, exist_ok=True)
     records = dataset.split("test")[:limit]
     steps = _one_grade_steps(dataset, dataset.split("test"))
-    settings = {f"CFG {cfg_scale:g}": SamplerSettings(seed=seed, cfg_scale=cfg_scale),
-                "CFG off": SamplerSettings(seed=seed, cfg_scale=1.0)}
+    settings = {f"CFG {sampler.cfg_scale:g}": sampler, "CFG off": dataclasses.replace(sampler, cfg_scale=1.0)}
     results, details = {}, {}
     for name, setting in settings.items():
         outcomes, examples = _evaluate_setting(
@@ -164,6 +166,7 @@ def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, l
     report = {"model": {"name": pipeline.model.spec.name, "version": pipeline.model.spec.version,
                         "checkpoint_sha256": pipeline.model.checkpoint_sha256, "engine": pipeline.engine.name},
               "data": {"root": str(dataset.root), "seed": dataset.seed, "split": "test", "records": len(records)},
+              "sampler": sampler.as_parameters(),
               "one_grade_steps": steps, "results": results, "per_record": details}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "metrics.md").write_text(markdown_table(results))
