@@ -21,13 +21,19 @@ class Letterbox:
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Antialiased resampling in float: Pillow's 'F' mode keeps the full precision."""
-    return np.asarray(Image.fromarray(image.astype(np.float32), mode="F").resize((width, height), Image.LANCZOS),
-                      dtype=np.float32)
+    """Antialiased resampling in float: Pillow's 'F' mode (from a float32 array) keeps the full precision."""
+    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize((width, height),
+                                                                                  Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.float32)
 
 
 def to_square(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Scale the longer side to ``size`` and pad the shorter one with zeros, centred."""
+    """Scale the longer side to ``size`` and pad the shorter one with zeros, centred.
+
+    Keeping the aspect matters: a stretched chest changes heart and lung proportions the model reads as findings.
+    """
+    if image.ndim != 2 or size < 1:
+        raise ValueError(f"need a 2-D image and a positive size, got shape {image.shape} and size {size}")
     rows, columns = image.shape
     scale = size / max(rows, columns)
     height, width = max(1, round(rows * scale)), max(1, round(columns * scale))
@@ -39,5 +45,7 @@ def to_square(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 
 def from_square(square: np.ndarray, box: Letterbox) -> np.ndarray:
     """Crop the content box and resize it back to the source rows and columns."""
+    if square.shape != (box.size, box.size):
+        raise ValueError(f"expected a {box.size}x{box.size} square, got shape {square.shape}")
     content = square[box.top:box.top + box.height, box.left:box.left + box.width]
     return np.clip(_resize(content, *box.source_shape), 0.0, 1.0)

@@ -13,6 +13,7 @@ import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DSfloat
 
 SOP_CLASSES = {
     ("DX", "FOR PRESENTATION"): "1.2.840.10008.5.1.4.1.1.1.1",
@@ -29,17 +30,31 @@ def _code(value: str, scheme: str, meaning: str) -> pydicom.Dataset:
     return item
 
 
-def _stored(pixels: np.ndarray, bits_stored: int, photometric: str,
-            rescale: tuple[float, float] | None) -> np.ndarray:
+def _ds(*values: float) -> list[DSfloat]:
+    """Decimal strings that fit the DS 16-character limit whatever float the caller passed."""
+    return [DSfloat(value, auto_format=True) for value in values]
+
+
+def _stored(pixels: np.ndarray, bits_stored: int, rescale: tuple[float, float] | None) -> np.ndarray:
+    """Output units to MONOCHROME2 stored values."""
     values = pixels.astype(np.float64)
     if rescale is not None:
         slope, intercept = rescale
         values = (values - intercept) / slope
-    top = 2**bits_stored - 1
-    values = np.clip(np.round(values), 0, top)
-    if photometric == "MONOCHROME1":
-        values = top - values
+    values = np.clip(np.round(values), 0, 2**bits_stored - 1)
     return values.astype(np.uint8 if bits_stored <= 8 else np.uint16)
+
+
+def _mirrored_window(window: tuple[float, float], bits_stored: int,
+                     rescale: tuple[float, float] | None) -> tuple[float, float]:
+    """The window that shows MONOCHROME1's complemented values as the caller's window shows the original ones.
+
+    Complementing stored values maps an output value v to top*slope + 2*intercept - v; the centre moves the same way,
+    plus 1 because the LINEAR window function (PS3.3 C.11.2.1.2.1) centres on c - 1/2, not on c.
+    """
+    slope, intercept = rescale or (1.0, 0.0)
+    center, width = window
+    return (2**bits_stored - 1) * slope + 2 * intercept - center + 1, width
 
 
 def build_synthetic_image(
@@ -61,12 +76,21 @@ def build_synthetic_image(
     accession_number: str = "",
     study_description: str = "Synthetic chest phantom",
 ) -> pydicom.Dataset:
-    """A PA chest image of ``pixels`` (2-D, MONOCHROME2 sense, in output units after ``rescale``)."""
+    """A PA chest image of ``pixels`` (2-D, MONOCHROME2 sense, in output units after ``rescale``).
+
+    ``window`` is given for those output values; with MONOCHROME1 the stored values and the window are both
+    mirrored, so every variant displays the same picture. DX "for presentation" without a window gets one
+    spanning the data, because that IOD requires a VOI LUT.
+    """
+    intent = presentation_intent if modality == "DX" else ""
+    if (modality, intent) not in SOP_CLASSES:
+        raise ValueError(f"unsupported modality/intent {modality}/{presentation_intent}: use DX, CR or OT")
     if pixels.ndim != 2:
         raise ValueError("pixels must be a 2-D grayscale array")
+    if photometric_interpretation not in ("MONOCHROME1", "MONOCHROME2") or not 1 <= bits_stored <= 16:
+        raise ValueError("only MONOCHROME1/MONOCHROME2 with 1 to 16 bits stored are supported")
     if modality == "DX" and rescale is not None:
         raise ValueError("the DX IOD fixes the Modality LUT to identity; use CR or OT for a rescale")
-    intent = presentation_intent if modality == "DX" else ""
     sop_class = SOP_CLASSES[(modality, intent)]
     now = dt.datetime.now()
     ds = pydicom.Dataset()
@@ -93,27 +117,35 @@ def build_synthetic_image(
     ds.Manufacturer = "progemu-pacs phantom generator"
     ds.ImageComments = PHANTOM_COMMENT
     ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
+    if modality != "OT":  # not in the SC IOD: dciodvfy would call the object a Standard Extended SOP Class
+        ds.ViewPosition = "PA"
     ds.PatientOrientation = ["L", "F"]
     ds.ImageLaterality = "U"
     ds.BurnedInAnnotation = "NO"
     ds.ImageType = ["ORIGINAL", "PRIMARY"] if modality != "OT" else ["DERIVED", "SECONDARY"]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric_interpretation
-    stored = _stored(pixels, bits_stored, photometric_interpretation, rescale)
+    stored = _stored(pixels, bits_stored, rescale)
+    if window is None and modality == "DX" and presentation_intent == "FOR PRESENTATION":
+        low, high = float(stored.min()), float(stored.max())  # DX has an identity Modality LUT
+        window = (low + high) / 2, max(high - low, 1.0)
+    if photometric_interpretation == "MONOCHROME1":
+        stored = 2**bits_stored - 1 - stored  # the complement, so the display is unchanged
+        if window is not None:
+            window = _mirrored_window(window, bits_stored, rescale)
     ds.Rows, ds.Columns = stored.shape
     ds.BitsAllocated = 8 if bits_stored <= 8 else 16
     ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
     ds.PixelData = stored.tobytes()
-    ds.PixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+    ds.PixelSpacing = _ds(pixel_spacing_mm, pixel_spacing_mm)
     if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
+        ds.RescaleSlope, ds.RescaleIntercept = _ds(*rescale)
         ds.RescaleType = "US"
     if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
+        ds.WindowCenter, ds.WindowWidth = _ds(*window)
     if modality == "DX":
         ds.PresentationIntentType = presentation_intent
-        ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+        ds.ImagerPixelSpacing = _ds(pixel_spacing_mm, pixel_spacing_mm)
         ds.DetectorType = "DIRECT"
         ds.PositionerType = "NONE"
         ds.PresentationLUTShape = "IDENTITY" if photometric_interpretation == "MONOCHROME2" else "INVERSE"
@@ -128,13 +160,9 @@ def build_synthetic_image(
         ds.PixelIntensityRelationship = "LIN"
         ds.PixelIntensityRelationshipSign = 1
         ds.LossyImageCompression = "00"
-        if window is None and presentation_intent == "FOR PRESENTATION":
-            low, high = float(stored.min()), float(stored.max())
-            ds.WindowCenter, ds.WindowWidth = (low + high) / 2, max(high - low, 1.0)
-        if rescale is None:
-            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
     elif modality == "CR":
-        ds.ImagerPixelSpacing = [pixel_spacing_mm, pixel_spacing_mm]
+        ds.ImagerPixelSpacing = _ds(pixel_spacing_mm, pixel_spacing_mm)
     else:
         ds.ConversionType = "WSD"
     return ds

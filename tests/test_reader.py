@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import JPEG2000Lossless
 
 from dicom_io.errors import ImageTooLargeError, NoPixelDataError, NotDicomError, UnsupportedImageError
@@ -15,6 +17,11 @@ from tests.dicom_fixtures import chest_pixels, dcmtk_compress, write
 LIMIT = 10_000_000
 
 
+def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 LINEAR window, mapped to [0, 1]."""
+    return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
 @pytest.fixture
 def dx_file(tmp_path: Path) -> Path:
     return write(build_synthetic_image(chest_pixels()), tmp_path / "dx.dcm")
@@ -22,7 +29,7 @@ def dx_file(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("kwargs", [
     {"modality": "DX"}, {"modality": "DX", "presentation_intent": "FOR PROCESSING"}, {"modality": "CR"},
-    {"modality": "OT", "bits_stored": 8},
+    {"modality": "OT"}, {"modality": "OT", "bits_stored": 8},
 ])
 def test_supported_modalities_read_to_unit_range(kwargs: dict) -> None:
     bits = kwargs.get("bits_stored", 12)
@@ -30,43 +37,99 @@ def test_supported_modalities_read_to_unit_range(kwargs: dict) -> None:
     assert prior.pixels.shape == (200, 160) and prior.pixels.dtype == np.float32
     assert prior.pixels.min() >= 0.0 and prior.pixels.max() <= 1.0 and prior.pixels.max() - prior.pixels.min() > 0.5
     assert prior.pixels[100, 80] > prior.pixels[100, 48]  # mediastinum brighter than the lung
-    assert prior.geometry.rows == 200 and prior.geometry.pixel_spacing == (0.2, 0.2)
 
 
-def test_monochrome1_is_inverted_to_the_same_display() -> None:
-    plain = read_prior(build_synthetic_image(chest_pixels()), max_pixels=LIMIT)
-    inverted = read_prior(build_synthetic_image(chest_pixels(), photometric_interpretation="MONOCHROME1"),
-                          max_pixels=LIMIT)
-    np.testing.assert_allclose(plain.pixels, inverted.pixels, atol=2e-3)
+def test_paths_bytes_and_datasets_read_alike(dx_file: Path) -> None:
+    by_path = read_prior(dx_file, max_pixels=LIMIT)
+    for source in (str(dx_file), dx_file.read_bytes(), pydicom.dcmread(dx_file)):
+        np.testing.assert_array_equal(read_prior(source, max_pixels=LIMIT).pixels, by_path.pixels)
+    assert by_path.dataset.Modality == "DX"
 
 
-def test_rescale_and_window_are_applied() -> None:
+def test_geometry_is_taken_from_the_header() -> None:
+    ds = build_synthetic_image(chest_pixels(), modality="CR", pixel_spacing_mm=0.15)
+    ds.PixelSpacing = [0.15, 0.16]
+    geometry = read_prior(ds, max_pixels=LIMIT).geometry
+    assert (geometry.rows, geometry.columns, geometry.pixel_spacing) == (200, 160, (0.15, 0.16))
+    assert geometry.patient_orientation == ("L", "F") and geometry.laterality == "U"
+    del ds.PixelSpacing, ds.PatientOrientation, ds.ImageLaterality
+    ds.Laterality = "R"
+    geometry = read_prior(ds, max_pixels=LIMIT).geometry
+    assert geometry.pixel_spacing == (0.15, 0.15)  # ImagerPixelSpacing when PixelSpacing is absent
+    assert geometry.patient_orientation is None and geometry.laterality == "R"
+    del ds.ImagerPixelSpacing
+    assert read_prior(ds, max_pixels=LIMIT).geometry.pixel_spacing is None
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},  # DX for presentation: the builder's window
+    {"presentation_intent": "FOR PROCESSING"},  # no window: percentiles
+    {"modality": "CR", "rescale": (2.0, -500.0), "window": (3000.0, 2000.0)},
+])
+def test_monochrome1_is_inverted_to_the_same_display(kwargs: dict) -> None:
+    pixels = chest_pixels().astype(np.float64) * (2 if "rescale" in kwargs else 1) - (500 if "rescale" in kwargs else 0)
+    plain = read_prior(build_synthetic_image(pixels, **kwargs), max_pixels=LIMIT)
+    inverted = build_synthetic_image(pixels, photometric_interpretation="MONOCHROME1", **kwargs)
+    assert not np.array_equal(inverted.pixel_array, build_synthetic_image(pixels, **kwargs).pixel_array)
+    np.testing.assert_allclose(read_prior(inverted, max_pixels=LIMIT).pixels, plain.pixels, atol=1e-6)
+
+
+def test_rescale_and_a_clipping_window_are_applied() -> None:
     pixels = chest_pixels().astype(np.float64) * 2 - 500  # output units after the Modality LUT
-    windowed = build_synthetic_image(pixels, modality="CR", rescale=(2.0, -500.0), window=(3000.0, 2000.0))
-    prior = read_prior(windowed, max_pixels=LIMIT)
-    values = pixels
-    expected = np.clip((values - (3000 - 0.5) - 0.5) / (2000 - 1) + 0.5, 0, 1)  # the DICOM linear window
-    np.testing.assert_allclose(prior.pixels, expected, atol=2e-3)
+    prior = read_prior(build_synthetic_image(pixels, modality="CR", rescale=(2.0, -500.0), window=(3000.0, 2000.0)),
+                       max_pixels=LIMIT)
+    np.testing.assert_allclose(prior.pixels, linear_window(pixels, 3000.0, 2000.0), atol=1e-5)
     assert (prior.pixels == 0).any() and (prior.pixels == 1).any()  # the window clips both ends
 
 
-@pytest.mark.parametrize("tool, options", [
-    ("dcmcjpeg", ("+e1",)),  # JPEG lossless, first-order prediction (process 14 SV1)
-    ("dcmcjpeg", ("+el",)),  # JPEG lossless, process 14
-    ("dcmcjpls", ()),  # JPEG-LS lossless
-    ("dcmcrle", ()),  # RLE
+def test_a_wide_window_is_not_stretched_to_the_data() -> None:
+    pixels = chest_pixels()
+    prior = read_prior(build_synthetic_image(pixels, modality="CR", window=(2048.0, 8192.0)), max_pixels=LIMIT)
+    np.testing.assert_allclose(prior.pixels, linear_window(pixels.astype(np.float64), 2048.0, 8192.0), atol=1e-5)
+    assert 0.2 < prior.pixels.min() and prior.pixels.max() < 0.7  # the window's own range, not min..max
+
+
+@pytest.mark.parametrize("vr", ["US", "OW"])
+def test_voi_lut_sequence_is_applied(vr: str, tmp_path: Path) -> None:
+    ds = build_synthetic_image(chest_pixels(), modality="CR")
+    lut = np.round(np.sqrt(np.arange(4096) / 4095) * 255).astype(np.uint16)  # a non-linear 8-bit VOI LUT
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 8])
+    item.add_new("LUTData", vr, lut.tolist() if vr == "US" else lut.astype("<u2").tobytes())
+    ds.VOILUTSequence = Sequence([item])
+    prior = read_prior(write(ds, tmp_path / "lut.dcm"), max_pixels=LIMIT)
+    np.testing.assert_allclose(prior.pixels, lut[chest_pixels()] / 255.0, atol=1e-6)
+
+
+def test_processing_window_ignores_a_few_extreme_pixels() -> None:
+    pixels = chest_pixels() // 2  # uses half the 12-bit range
+    hot = pixels.copy()
+    hot[0, :10] = 4095  # dead detector pixels
+    clean = read_prior(build_synthetic_image(pixels, presentation_intent="FOR PROCESSING"), max_pixels=LIMIT)
+    noisy = read_prior(build_synthetic_image(hot, presentation_intent="FOR PROCESSING"), max_pixels=LIMIT)
+    assert np.abs(noisy.pixels[1:] - clean.pixels[1:]).mean() < 0.01  # a min-max window would halve the contrast
+    assert clean.pixels.max() - clean.pixels.min() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tool, options, syntax", [
+    ("dcmcjpeg", ("+e1",), "1.2.840.10008.1.2.4.70"),  # JPEG lossless, process 14, selection value 1
+    ("dcmcjpeg", ("+el",), "1.2.840.10008.1.2.4.57"),  # JPEG lossless, process 14
+    ("dcmcjpls", (), "1.2.840.10008.1.2.4.80"),  # JPEG-LS lossless
+    ("dcmcrle", (), "1.2.840.10008.1.2.5"),  # RLE
 ])
-def test_compressed_transfer_syntaxes_decode(dx_file: Path, tmp_path: Path, tool: str, options: tuple) -> None:
+def test_lossless_transfer_syntaxes_decode(dx_file: Path, tmp_path: Path, tool: str, options: tuple,
+                                           syntax: str) -> None:
     compressed = dcmtk_compress(dx_file, tmp_path / "c.dcm", tool, *options)
-    assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID.is_compressed
-    np.testing.assert_allclose(read_prior(compressed, max_pixels=LIMIT).pixels,
-                               read_prior(dx_file, max_pixels=LIMIT).pixels, atol=1e-6)
+    assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(read_prior(compressed, max_pixels=LIMIT).pixels,
+                                  read_prior(dx_file, max_pixels=LIMIT).pixels)
 
 
 def test_jpeg_baseline_decodes(tmp_path: Path) -> None:
     eight_bit = write(build_synthetic_image(chest_pixels(bits=8), modality="OT", bits_stored=8), tmp_path / "8.dcm")
     compressed = dcmtk_compress(eight_bit, tmp_path / "b.dcm", "dcmcjpeg", "+eb")
     assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    # DCMTK's lossy encoder also shifts the stored values (min to 0); the automatic window does not mind.
     lossy = read_prior(compressed, max_pixels=LIMIT).pixels
     assert np.abs(lossy - read_prior(eight_bit, max_pixels=LIMIT).pixels).mean() < 0.02
 
@@ -74,21 +137,31 @@ def test_jpeg_baseline_decodes(tmp_path: Path) -> None:
 def test_jpeg_2000_decodes(dx_file: Path, tmp_path: Path) -> None:
     ds = pydicom.dcmread(dx_file)
     ds.compress(JPEG2000Lossless)
-    np.testing.assert_allclose(read_prior(write(ds, tmp_path / "j2k.dcm"), max_pixels=LIMIT).pixels,
-                               read_prior(dx_file, max_pixels=LIMIT).pixels, atol=1e-6)
+    compressed = write(ds, tmp_path / "j2k.dcm")
+    assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID == JPEG2000Lossless
+    np.testing.assert_array_equal(read_prior(compressed, max_pixels=LIMIT).pixels,
+                                  read_prior(dx_file, max_pixels=LIMIT).pixels)
 
 
 def test_not_dicom(tmp_path: Path) -> None:
     (tmp_path / "x.dcm").write_bytes(b"this is a text file, not DICOM" * 10)
     with pytest.raises(NotDicomError, match="not a readable DICOM file"):
         read_prior(tmp_path / "x.dcm", max_pixels=LIMIT)
+    with pytest.raises(NotDicomError):
+        read_prior(b"", max_pixels=LIMIT)
 
 
-def test_truncated(dx_file: Path, tmp_path: Path) -> None:
+def test_truncated_pixel_data(dx_file: Path, tmp_path: Path) -> None:
     data = dx_file.read_bytes()
     (tmp_path / "t.dcm").write_bytes(data[: len(data) // 2])
     with pytest.raises(NotDicomError, match="truncated"):
         read_prior(tmp_path / "t.dcm", max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize("length, error", [(400, NotDicomError), (1500, NoPixelDataError)])
+def test_truncated_header(dx_file: Path, length: int, error: type) -> None:
+    with pytest.raises(error, match="truncated"):
+        read_prior(dx_file.read_bytes()[:length], max_pixels=LIMIT)
 
 
 def test_no_pixel_data() -> None:
@@ -108,14 +181,17 @@ def test_multi_frame() -> None:
 def test_colour() -> None:
     ds = build_synthetic_image(chest_pixels(bits=8), modality="OT", bits_stored=8)
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    with pytest.raises(UnsupportedImageError, match="colour"):
+    with pytest.raises(UnsupportedImageError, match="colour images \\(RGB\\)"):
         read_prior(ds, max_pixels=LIMIT)
 
 
-def test_wrong_modality() -> None:
+@pytest.mark.parametrize("sop_class, modality", [
+    ("1.2.840.10008.5.1.4.1.1.2", "CT"), ("1.2.840.10008.5.1.4.1.1.4", "MR"), ("1.2.840.10008.5.1.4.1.1.6.1", "US"),
+])
+def test_wrong_modality(sop_class: str, modality: str) -> None:
     ds = build_synthetic_image(chest_pixels())
-    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.2", "CT"
-    with pytest.raises(UnsupportedImageError, match="modality CT"):
+    ds.SOPClassUID, ds.Modality = sop_class, modality
+    with pytest.raises(UnsupportedImageError, match=f"modality {modality}"):
         read_prior(ds, max_pixels=LIMIT)
 
 
@@ -126,9 +202,19 @@ def test_too_large_is_refused_before_decoding() -> None:
         read_prior(ds, max_pixels=10_000)
 
 
-def test_messages_carry_no_phi() -> None:
-    ds = build_synthetic_image(chest_pixels(), patient_name="DOE^JANE", patient_id="MRN12345")
-    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.4", "MR"
+def test_malformed_header_values() -> None:
+    ds = build_synthetic_image(chest_pixels())
+    ds.WindowWidth = 0  # the LINEAR window needs a width of at least 1
+    with pytest.raises(NotDicomError, match="malformed"):
+        read_prior(ds, max_pixels=LIMIT)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
+def test_messages_are_one_line_and_carry_no_phi() -> None:
+    ds = build_synthetic_image(chest_pixels(), patient_name="DOE^JANE", patient_id="MRN12345",
+                               patient_birth_date="19610203")
+    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.4", "MR\nDOE"
     with pytest.raises(UnsupportedImageError) as info:
         read_prior(ds, max_pixels=LIMIT)
-    assert "DOE" not in str(info.value) and "MRN12345" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and "MRN12345" not in message and "19610203" not in message and "JANE" not in message
