@@ -131,11 +131,12 @@ def demo_benchmark(args: argparse.Namespace) -> None:
         if not (export / "manifest.json").exists():
             export = Path(tmp) / "onnx"
             export_onnx(model, export, precisions=("fp32",))
-        onnx_model = OnnxProgEmu(export, providers=["CPUExecutionProvider"])
+        onnx_model = OnnxProgEmu(export, providers=["CPUExecutionProvider"], threads=args.onnx_threads)
         onnx_engine = OnnxEngine(onnx_model)
         rows.append(measure("ours: ONNX engine", lambda: run_engine(onnx_engine, onnx_model, settings), args.repeats))
     print(f"model {model.spec.name} {model.spec.version} ({model_path}), {model.spec.image_size} px, "
-          f"seed {args.seed}, cfg {args.cfg_scale}, top-k {args.top_k}, torch threads {torch.get_num_threads()}")
+          f"seed {args.seed}, cfg {args.cfg_scale}, top-k {args.top_k}, torch threads {torch.get_num_threads()}, "
+          f"onnxruntime threads {args.onnx_threads or 'default'}")
     print_table(rows, "transformers generate")
 
 
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cfg-scale", type=float, default=3.0)
     parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--onnx-threads", type=int, default=0, help="onnxruntime intra-op threads (0 = default)")
     parser.add_argument("--full-size", action="store_true", help="8.5B ProgEmu-shaped model on a GPU")
     parser.add_argument("--generate-steps", type=int, default=256,
                         help="full size: steps of transformers' generate to time (it is extrapolated)")

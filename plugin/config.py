@@ -31,13 +31,16 @@ class Settings(BaseSettings):
     onnx_providers: tuple[str, ...] = Field(
         ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
         description="onnxruntime execution providers, in order of preference")
+    onnx_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads on the CPU (0 = its default): "
+                              "small models decode faster on one thread; raise it for large models")
     max_image_pixels: int = Field(50_000_000, gt=0, description="largest prior accepted (rows x columns)")
     max_hypothesis_chars: int = Field(500, gt=0, description="longest hypothesis accepted")
     seed: int = Field(0, ge=0, description="default sampling seed")
-    cfg_scale: float = Field(3.0, ge=0.0, description="default classifier-free guidance scale (1 = off)")
-    top_k: int = Field(0, ge=0, description="default top-k (0 = off)")
+    # Tuned for the shipped demo model (docs/model.md); ProgEmu's paper setting is CFG 3 with top-k 2048.
+    cfg_scale: float = Field(1.5, ge=0.0, description="default classifier-free guidance scale (1 = off)")
+    top_k: int = Field(20, ge=0, description="default top-k (0 = off)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="default nucleus sampling threshold")
-    temperature: float = Field(1.0, ge=0.0, description="default temperature (0 = greedy)")
+    temperature: float = Field(0.5, ge=0.0, description="default temperature (0 = greedy)")
     fhir_version: Literal["R5", "R4B"] = Field("R5", description="FHIR release of the output Bundle")
 
     @classmethod

@@ -38,7 +38,8 @@ def load_pipeline(config: Settings) -> CounterfactualPipeline:
         if export is None:
             raise CheckpointError(f"no ONNX export in {config.model_path / ONNX_DIR}; run `progemu export-onnx`")
         providers = ["CPUExecutionProvider"] if device == "cpu" else list(config.onnx_providers)
-        model = OnnxProgEmu(export, precision=config.onnx_precision, providers=providers)
+        model = OnnxProgEmu(export, precision=config.onnx_precision, providers=providers,
+                            threads=config.onnx_threads)
         if model.checkpoint_sha256 != checkpoint_identity(config.model_path):
             raise CheckpointError(f"the ONNX export in {export} was made from another checkpoint; export again")
         return CounterfactualPipeline(model, OnnxEngine(model), max_hypothesis_chars=config.max_hypothesis_chars)
