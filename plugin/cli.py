@@ -153,7 +153,7 @@ def _export_onnx(args: argparse.Namespace) -> None:
     model = load_progemu(config.model_path)
     out = args.out or config.model_path / ONNX_DIR
     precisions = tuple(args.precision) if args.precision else PRECISIONS
-    manifest = export_onnx(model, out, precisions=precisions, progress=lambda step: log.warning("%s…", step))
+    manifest = export_onnx(model, out, precisions=precisions, progress=lambda step: print(f"{step}…", file=sys.stderr))
     print(f"exported {len(manifest['files'])} files ({', '.join(precisions)}, opset {manifest['opset']}) to {out}")
 
 

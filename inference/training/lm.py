@@ -8,7 +8,6 @@ the hypothesis (ProgEmu's null prompt) so that CFG has an unconditional model.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +19,7 @@ from transformers import Emu3ForCausalLM, Emu3TextConfig
 
 from inference.sequence import IGNORE_INDEX, PromptBuilder
 from inference.training.history import StageLog
-from inference.training.state import load_state, save_state
-
-log = logging.getLogger(__name__)
+from inference.training.state import resume, save_state
 
 
 @dataclass(frozen=True)
@@ -107,13 +104,7 @@ def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_si
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.learning_rate, betas=(0.9, 0.95))
-    start = 0
-    state = load_state(state_path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        start = int(state["step"])
-        log.info("resuming language-model training at step %d", start)
+    start = resume(state_path, model, optimiser)
     stage_log = StageLog(work_dir, "lm", "loss", "language model: training loss", config.steps, start, progress)
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, step])  # per-step stream: resuming changes nothing
@@ -128,7 +119,7 @@ def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_si
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         done = step + 1
-        stage_log.record(done, float(loss))
+        stage_log.record(done, loss.item())
         if done % config.save_every == 0 or done == config.steps:
             save_state(state_path, model=model.state_dict(), optimiser=optimiser.state_dict(), step=done)
             stage_log.save(done)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def save_state(path: Path, **state: object) -> None:
@@ -15,8 +18,15 @@ def save_state(path: Path, **state: object) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path) -> dict | None:
-    """Our own state files only: weights_only keeps unpickling to tensors and plain containers."""
+def resume(path: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer) -> int:
+    """Load the last saved state into ``model`` and ``optimiser``; return the step to continue from.
+
+    Our own state files only: weights_only keeps unpickling to tensors and plain containers.
+    """
     if not path.exists():
-        return None
-    return torch.load(path, weights_only=True)
+        return 0
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    log.info("resuming %s at step %d", path.name, state["step"])
+    return int(state["step"])

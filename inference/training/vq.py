@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from inference.small_vq import SmallVQConfig, SmallVQVAE
 from inference.training.history import StageLog
-from inference.training.state import load_state, save_state
+from inference.training.state import resume, save_state
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,7 @@ def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
     torch.manual_seed(config.seed)
     model = SmallVQVAE(config.model).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    start = 0
-    state = load_state(state_path)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        start = int(state["step"])
-        log.info("resuming VQ training at step %d", start)
+    start = resume(state_path, model, optimiser)
     stage_log = StageLog(work_dir, "vq", "mse", "VQ tokenizer: reconstruction MSE", config.steps, start, progress)
     usage = torch.zeros(config.model.codebook_size)
     for step in range(start, config.steps):
