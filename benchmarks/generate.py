@@ -116,7 +116,9 @@ def print_table(rows: list[dict], baseline: str) -> None:
 def demo_benchmark(args: argparse.Namespace) -> None:
     from plugin.config import Settings
 
-    model_path = args.model or Settings().model_path
+    config = Settings()
+    model_path = args.model or config.model_path
+    threads = config.onnx_threads if args.onnx_threads is None else args.onnx_threads
     model = load_progemu(model_path)
     settings = SamplerSettings(seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k)
     rows = [measure("transformers generate", lambda: run_generate(model, settings), args.repeats)]
@@ -131,12 +133,12 @@ def demo_benchmark(args: argparse.Namespace) -> None:
         if not (export / "manifest.json").exists():
             export = Path(tmp) / "onnx"
             export_onnx(model, export, precisions=("fp32",))
-        onnx_model = OnnxProgEmu(export, providers=["CPUExecutionProvider"], threads=args.onnx_threads)
+        onnx_model = OnnxProgEmu(export, providers=["CPUExecutionProvider"], threads=threads)
         onnx_engine = OnnxEngine(onnx_model)
         rows.append(measure("ours: ONNX engine", lambda: run_engine(onnx_engine, onnx_model, settings), args.repeats))
     print(f"model {model.spec.name} {model.spec.version} ({model_path}), {model.spec.image_size} px, "
           f"seed {args.seed}, cfg {args.cfg_scale}, top-k {args.top_k}, torch threads {torch.get_num_threads()}, "
-          f"onnxruntime threads {args.onnx_threads or 'default'}")
+          f"onnxruntime threads {threads or 'default'}")
     print_table(rows, "transformers generate")
 
 
@@ -153,7 +155,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cfg-scale", type=float, default=3.0)
     parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--onnx-threads", type=int, default=0, help="onnxruntime intra-op threads (0 = default)")
+    parser.add_argument("--onnx-threads", type=int,
+                        help="onnxruntime intra-op threads, 0 for its default (default: PROGEMU_ONNX_THREADS's)")
     parser.add_argument("--full-size", action="store_true", help="8.5B ProgEmu-shaped model on a GPU")
     parser.add_argument("--generate-steps", type=int, default=256,
                         help="full size: steps of transformers' generate to time (it is extrapolated)")

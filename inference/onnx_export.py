@@ -96,6 +96,18 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list[
 
 
 def _export_precision(model: ProgEmuModel, directory: Path, dtype: torch.dtype) -> None:
+    # Eager attention (plain MatMul/Softmax) decodes ~25% faster in onnxruntime than the exporter's
+    # decomposition of SDPA, which adds masking and scaling nodes to every layer.
+    config = model.text_model.config
+    previous, config._attn_implementation = config._attn_implementation, "eager"
+    try:
+        _export_graphs(model, directory, dtype)
+    finally:
+        config._attn_implementation = previous
+        model.text_model.to(torch.float32)
+
+
+def _export_graphs(model: ProgEmuModel, directory: Path, dtype: torch.dtype) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     text_model = model.text_model.to(dtype)
     config = text_model.config
@@ -120,7 +132,6 @@ def _export_precision(model: ProgEmuModel, directory: Path, dtype: torch.dtype) 
     visual_rows = weight[lay.visual_offset: lay.visual_offset + lay.codebook_size]
     for name, rows in (("head", weight), ("head_visual", visual_rows)):
         _export(_Head(rows).eval(), (hidden,), directory / f"{name}.onnx", ["hidden"], ["logits"], ({0: batch},))
-    text_model.to(torch.float32)
     # The VQ stays in fp32 in both variants: it runs twice per request, and fp16 convolutions cost image fidelity.
     vision, size = model.vision, model.spec.image_size
     side = torch.export.Dim("side", min=1, max=256)
