@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
@@ -71,7 +70,3 @@ def render_preview(prior: np.ndarray, counterfactual: np.ndarray, *, hypothesis:
             y += 26
     draw.text((MARGIN, y + 8), notice, fill=(200, 0, 0), font=title_font)
     return canvas
-
-
-def save_preview(image: Image.Image, path: str | Path) -> None:
-    image.save(path, format="PNG")

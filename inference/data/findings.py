@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from inference.data.phantom import Findings
+from inference.data.phantom import ZONE_NAMES, Findings
 
-ZONES = ("left_upper", "left_middle", "left_lower", "right_upper", "right_middle", "right_lower")
 DIRECTIONS = ("develops", "worsens", "improves", "resolves", "unchanged")
 MAX_SEVERITY = 3
 
@@ -27,13 +26,13 @@ class FindingSite:
 
     def severity(self, findings: Findings) -> int:
         if self.finding == "consolidation":
-            return findings.consolidation[ZONES.index(self.zone)]
+            return findings.consolidation[ZONE_NAMES.index(self.zone)]
         return getattr(findings, self._field)
 
     def with_severity(self, findings: Findings, severity: int) -> Findings:
         if self.finding == "consolidation":
             zones = list(findings.consolidation)
-            zones[ZONES.index(self.zone)] = severity
+            zones[ZONE_NAMES.index(self.zone)] = severity
             return dataclasses.replace(findings, consolidation=tuple(zones))
         return dataclasses.replace(findings, **{self._field: severity})
 
@@ -46,7 +45,7 @@ SITES: tuple[FindingSite, ...] = (
     FindingSite("effusion", "left"), FindingSite("effusion", "right"),
     FindingSite("cardiomegaly"),
     FindingSite("pneumothorax", "left"), FindingSite("pneumothorax", "right"),
-    *(FindingSite("consolidation", zone.split("_")[0], zone) for zone in ZONES),
+    *(FindingSite("consolidation", zone.split("_")[0], zone) for zone in ZONE_NAMES),
     FindingSite("oedema"),
 )
 
