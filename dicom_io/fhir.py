@@ -172,3 +172,16 @@ def _full_url(sop_instance_uid: str, kind: str) -> str:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def as_transaction(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The results Bundle as a FHIR ``transaction`` of PUTs on the entries' own ids.
+
+    PUT with the ids derived from the SR makes a resend (after a timeout, from the outbox)
+    update the same resources instead of creating duplicates.
+    """
+    entries = []
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        entries.append({**entry, "request": {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}})
+    return {**bundle, "type": "transaction", "entry": entries}

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SYNTHETIC_NOTICE = "SYNTHETIC - NOT FOR DIAGNOSIS"
+MANUFACTURER = "progemu-pacs"
+"""Manufacturer of everything we write; the listener recognises our own outputs by it."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class AlgorithmRecord:
     """Version of progemu-pacs that ran the model."""
     device_uid: str
     """DICOM UID of the algorithm as a device (Contributing Equipment, FHIR Device)."""
-    manufacturer: str = "progemu-pacs"
+    manufacturer: str = MANUFACTURER
     parameters: Mapping[str, str] = field(default_factory=dict)
     """Sampler settings and seed, as name -> value text (e.g. {"seed": "42", "top_k": "2048"})."""
 

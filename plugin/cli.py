@@ -90,12 +90,84 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=100, help="held-out records to score")
     _add_sampler_options(evaluate, with_out=False)
 
+    for name, help_text in (("serve", "run the DICOM node: listener, REST API and an embedded worker"),
+                            ("listen", "run only the DICOM listener (studies are spooled and handed to workers)")):
+        node = commands.add_parser(name, help=help_text)
+        _add_node_options(node, api=name == "serve")
+
+    worker = commands.add_parser("worker", help="run a Celery worker (needs PROGEMU_BROKER_URL)")
+    worker.add_argument("--queues", help="comma-separated queues (default PROGEMU_WORKER_QUEUES: gpu,io)")
+    worker.add_argument("--concurrency", type=int, help="worker processes; each loads the model once")
+    worker.add_argument("--broker-url", help="redis://… or amqp://… (env PROGEMU_BROKER_URL)")
+    worker.add_argument("--database-url", help="job store (env PROGEMU_DATABASE_URL)")
+    worker.add_argument("--data-dir", type=Path, help="shared with the node (env PROGEMU_DATA_DIR)")
+    worker.add_argument("--model", type=Path, help="checkpoint directory (default: the shipped demo model)")
+
     verify = commands.add_parser("verify-onnx", help="compare an ONNX export with its PyTorch checkpoint")
     verify.add_argument("export_dir", type=Path, help="the export directory")
     verify.add_argument("--model", type=Path, help="the checkpoint it came from (default: the shipped demo model)")
     verify.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     verify.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _add_node_options(parser: argparse.ArgumentParser, *, api: bool) -> None:
+    """Flags of the node; each also has a PROGEMU_* environment variable (plugin/config.py)."""
+    parser.add_argument("--ae-title", help="our AE title (env PROGEMU_AE_TITLE)")
+    parser.add_argument("--bind-host", help="interface to listen on (env PROGEMU_BIND_HOST; 0.0.0.0 in containers)")
+    parser.add_argument("--dicom-port", type=int, help="DICOM port (env PROGEMU_DICOM_PORT)")
+    parser.add_argument("--peer", action="append", dest="peers", metavar="AET@HOST:PORT",
+                        help="an AE allowed to send to us (repeatable; env PROGEMU_PEERS, comma-separated)")
+    parser.add_argument("--pacs-url", help="Orthanc REST URL of the PACS (env PROGEMU_PACS_URL)")
+    parser.add_argument("--destination", help="AET@HOST:PORT for results (env PROGEMU_DESTINATION; "
+                        "default: the peer that sent the study)")
+    parser.add_argument("--fhir-url", help="FHIR base URL for the results (env PROGEMU_FHIR_URL)")
+    parser.add_argument("--data-dir", type=Path, help="spool, results and SQLite job store (env PROGEMU_DATA_DIR)")
+    parser.add_argument("--database-url", help="job store URL (env PROGEMU_DATABASE_URL)")
+    parser.add_argument("--broker-url", help="Celery broker (env PROGEMU_BROKER_URL; default: embedded)")
+    parser.add_argument("--model", type=Path, help="checkpoint directory (default: the shipped demo model)")
+    if api:
+        parser.add_argument("--http-port", type=int, help="REST API port (env PROGEMU_HTTP_PORT)")
+
+
+_NODE_FIELDS = ("ae_title", "bind_host", "dicom_port", "peers", "pacs_url", "destination", "fhir_url", "data_dir",
+                "database_url", "broker_url", "http_port", "worker_concurrency")
+
+
+def _node_settings(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name, None) for name in _NODE_FIELDS}
+    overrides["model_path"] = args.model
+    if getattr(args, "queues", None):
+        overrides["worker_queues"] = args.queues
+    if getattr(args, "concurrency", None):
+        overrides["worker_concurrency"] = args.concurrency
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import signal
+
+    from plugin.service import serve
+
+    config = _node_settings(args)
+    if args.command == "serve" and config.api_token is None:
+        raise UsageError("the REST API needs a bearer token: set PROGEMU_API_TOKEN (e.g. openssl rand -hex 32)")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly, as on Ctrl-C
+    serve(config, with_api=args.command == "serve")
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from plugin.tasks import configure
+
+    config = _node_settings(args)
+    if not config.broker_url:
+        raise UsageError("`progemu worker` needs a broker: set PROGEMU_BROKER_URL (redis://… or amqp://…); "
+                         "without one, `progemu serve` runs its own worker")
+    app = configure(config)
+    app.worker_main(["worker", "--queues", ",".join(config.worker_queues), "--concurrency",
+                     str(config.worker_concurrency), "--pool", "prefork", "--loglevel",
+                     logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                     "--hostname", f"progemu-{'-'.join(config.worker_queues)}@%h"])
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -252,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "make-dataset": lambda: _make_dataset(args),
         "train": lambda: _train(args),
         "evaluate": lambda: _evaluate(args),
+        "serve": lambda: _serve(args),
+        "listen": lambda: _serve(args),
+        "worker": lambda: _worker(args),
     }
     try:
         return handlers[args.command]() or 0

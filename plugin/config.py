@@ -8,14 +8,56 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from dicom_io.peers import DicomPeer, check_ae_title
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL = ASSETS / "demo-model"
 DEMO_PRIOR = ASSETS / "demo_prior.dcm"
+
+
+def _split(value: object) -> object:
+    """Lists from the environment as ``a,b,c`` (JSON lists work too)."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            import json
+
+            return json.loads(stripped)
+        return [part.strip() for part in stripped.split(",") if part.strip()]
+    return value
+
+
+def _peer(value: object) -> object:
+    return DicomPeer.parse(value) if isinstance(value, str) else value
+
+
+Peer = Annotated[DicomPeer, BeforeValidator(_peer)]
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split)]
+
+
+class RoutingRule(BaseModel):
+    """For a PACS that can only push: studies matching this rule get a preset hypothesis.
+
+    A rule matches when every condition it sets holds: the AE title the study was sent to, and a
+    DICOM attribute (by keyword) whose value matches a shell-style pattern, e.g. BodyPartExamined=CHEST.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    hypothesis: str = Field(min_length=1)
+    called_ae_title: str | None = None
+    attribute: str | None = None
+    pattern: str = "*"
 
 
 class Settings(BaseSettings):
@@ -43,6 +85,61 @@ class Settings(BaseSettings):
     temperature: float = Field(0.5, ge=0.0, description="default temperature (0 = greedy)")
     fhir_version: Literal["R5", "R4B"] = Field("R5", description="FHIR release of the output Bundle")
 
+    # --- the DICOM node: progemu serve / listen / worker -------------------------------------------
+    data_dir: Path = Field(Path("progemu-data"), description="spool, results, job store (SQLite by default)")
+    database_url: str | None = Field(None, description="job store, an SQLAlchemy URL (default: SQLite in data_dir; "
+                                     "postgresql://user:pass@host/db for PostgreSQL)")
+    broker_url: str | None = Field(None, description="Celery broker, redis:// or amqp:// (default: embedded "
+                                   "in `progemu serve`, no broker daemon)")
+    broker_visibility_timeout: int = Field(3600, gt=0, description="seconds before Redis redelivers an "
+                                           "unacknowledged task (a worker that vanished); longer than any job")
+    worker_queues: CommaList = Field(("gpu", "io"), description="queues `progemu worker` consumes: gpu "
+                                     "(generation), io (delivery)")
+    worker_concurrency: int = Field(1, ge=1, description="worker processes of `progemu worker`; each loads the "
+                                    "model once")
+    task_time_limit: int = Field(1800, gt=0, description="hard time limit of one generation, seconds")
+    task_retries: int = Field(3, ge=0, description="retries of a task after a transient failure")
+
+    ae_title: str = Field("PROGEMU", description="our AE title")
+    bind_host: str = Field("127.0.0.1", description="interface the listener and the API bind to "
+                           "(0.0.0.0 in a container)")
+    dicom_port: int = Field(11112, ge=0, lt=65536)
+    http_port: int = Field(8080, ge=0, lt=65536)
+    peers: Annotated[tuple[Peer, ...], NoDecode, BeforeValidator(_split)] = Field(
+        (), description="AEs allowed to associate, as AET@HOST:PORT; each may only call from its host, and "
+        "studies it sends are returned to it unless a destination is set")
+    tls_cert: Path | None = Field(None, description="PEM certificate: turns on DICOM TLS for the listener")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle: when set, callers must present a certificate")
+    max_associations: int = Field(8, ge=1, description="concurrent associations the listener accepts")
+    max_pdu_bytes: int = Field(262_144, ge=0, description="largest PDU we receive (0 = unlimited)")
+    spool_max_bytes: int = Field(50 * 2**30, gt=0, description="the listener refuses instances beyond this")
+    study_quiet_seconds: float = Field(10.0, ge=0, description="a study is complete after this long without "
+                                       "a new instance (or once the series a request named are in)")
+
+    pacs_url: str | None = Field(None, description="Orthanc REST URL of the PACS that holds the priors")
+    pacs_username: str | None = None
+    pacs_password: SecretStr | None = None
+    pacs_node_name: str | None = Field(None, description="the name the PACS knows this node by "
+                                       "(Orthanc's DicomModalities key; default: our AE title)")
+    pacs_dicom: Peer | None = Field(None, description="for a PACS without Orthanc's REST API: AET@HOST:PORT "
+                                    "to C-MOVE studies from")
+    destination: Peer | None = Field(None, description="where results go by C-STORE, AET@HOST:PORT (default: "
+                                     "the peer that sent the study)")
+    fhir_url: str | None = Field(None, description="FHIR base URL for the results Bundle (none: no FHIR delivery)")
+    fhir_token: SecretStr | None = Field(None, description="bearer token for the FHIR server")
+    delivery_retry_seconds: float = Field(30.0, gt=0, description="first retry delay of a failed delivery; "
+                                          "doubles up to an hour")
+    delivery_give_up_hours: float = Field(72.0, gt=0, description="a delivery still failing after this is "
+                                          "marked failed")
+    api_token: SecretStr | None = Field(None, description="bearer token of the REST API (required to serve it)")
+    routes: tuple[RoutingRule, ...] = Field((), description="preset hypotheses for pushed studies")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return check_ae_title(value)
+
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource,
@@ -54,6 +151,14 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # psycopg 3 is the driver we ship; SQLAlchemy's bare postgresql:// means psycopg2
+            return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith(
+                "postgresql://") else url
+        return f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
 
     def resolved_device(self) -> str:
         if self.device != "auto":

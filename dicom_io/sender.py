@@ -1,0 +1,83 @@
+"""Outgoing DICOM: C-STORE results to a peer, C-MOVE a study from a PACS to us, C-ECHO for readiness."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove, Verification
+
+from dicom_io.peers import DicomPeer
+
+log = logging.getLogger(__name__)
+
+
+class DicomSendError(ConnectionError):
+    """The peer could not be reached or did not store everything; the caller may retry later."""
+
+
+def _associate(ae: AE, peer: DicomPeer, timeout: float):
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise DicomSendError(f"association with {peer} failed "
+                             f"({'rejected' if assoc.is_rejected else 'no answer or aborted'})")
+    return assoc
+
+
+def store(paths: Sequence[Path], peer: DicomPeer, *, calling_ae_title: str, timeout: float = 30.0) -> None:
+    """Send every file with C-STORE in one association; raise DicomSendError unless all succeeded."""
+    datasets = [pydicom.dcmread(path) for path in paths]
+    ae = AE(calling_ae_title)
+    for sop_class in sorted({ds.SOPClassUID for ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = _associate(ae, peer, timeout)
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise DicomSendError(f"{peer} did not answer a C-STORE")
+            if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or success with warnings
+                raise DicomSendError(f"{peer} refused an instance with status 0x{code:04X}")
+    finally:
+        assoc.release()
+    log.info("stored %d instance(s) at %s", len(datasets), peer)
+
+
+def echo(peer: DicomPeer, *, calling_ae_title: str, timeout: float = 5.0) -> None:
+    ae = AE(calling_ae_title)
+    ae.add_requested_context(Verification)
+    assoc = _associate(ae, peer, timeout)
+    try:
+        status = assoc.send_c_echo()
+        if getattr(status, "Status", None) != 0x0000:
+            raise DicomSendError(f"{peer} did not answer C-ECHO with success")
+    finally:
+        assoc.release()
+
+
+def move_study(pacs: DicomPeer, study_uid: str, *, destination_ae_title: str, calling_ae_title: str,
+               series_uids: Sequence[str] = (), timeout: float = 600.0) -> None:
+    """Ask ``pacs`` to C-STORE a study (or only some of its series) to ``destination_ae_title``."""
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel = "SERIES" if series_uids else "STUDY"
+    query.StudyInstanceUID = study_uid
+    if series_uids:
+        query.SeriesInstanceUID = list(series_uids)
+    ae = AE(calling_ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = _associate(ae, pacs, timeout)
+    try:
+        final = None
+        for status, _ in assoc.send_c_move(query, destination_ae_title, StudyRootQueryRetrieveInformationModelMove):
+            final = getattr(status, "Status", None)
+        if final is None or final not in (0x0000, 0xB000):
+            raise DicomSendError(f"C-MOVE from {pacs} ended with status "
+                                 f"{'none' if final is None else f'0x{final:04X}'}")
+    finally:
+        assoc.release()

@@ -1,0 +1,99 @@
+"""The spool: received instances on disk, one directory per study, written atomically.
+
+An instance is on disk (written, fsynced, renamed into place) before the sender hears
+success, so a crash never turns an acknowledged instance into a lost or half-written one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class SpoolFullError(OSError):
+    """The spool has reached its configured size."""
+
+
+def check_uid(value: str) -> str:
+    """A DICOM UID, safe to use as a path component (digits and dots only, at most 64 characters)."""
+    uid = str(value).strip().rstrip("\x00")
+    if len(uid) > 64 or not _UID.match(uid):
+        raise ValueError("not a valid DICOM UID")
+    return uid
+
+
+class Spool:
+    """``ROOT/<study uid>/<series uid>/<sop instance uid>.dcm``, bounded in total size."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._used = sum(f.stat().st_size for f in self.root.rglob("*.dcm"))
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / check_uid(study_uid)
+
+    def write(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Store one encoded instance; raise OSError (SpoolFullError included) if it is not safely on disk."""
+        target = self.study_dir(study_uid) / check_uid(series_uid) / f"{check_uid(sop_uid)}.dcm"
+        with self._lock:
+            previous = target.stat().st_size if target.exists() else 0
+            if self._used - previous + len(data) > self.max_bytes:
+                raise SpoolFullError(f"spool limit of {self.max_bytes} bytes reached")
+            self._used += len(data) - previous  # reserved now, released below on failure
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".part")
+            try:
+                with os.fdopen(handle, "wb") as stream:
+                    stream.write(data)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            _fsync_directory(target.parent)
+        except BaseException:
+            with self._lock:
+                self._used -= len(data) - previous
+            raise
+        return target
+
+    def instances(self, study_uid: str) -> list[Path]:
+        directory = self.study_dir(study_uid)
+        return sorted(directory.rglob("*.dcm")) if directory.is_dir() else []
+
+    def has_study(self, study_uid: str) -> bool:
+        return bool(self.instances(study_uid))
+
+    def remove_study(self, study_uid: str) -> None:
+        directory = self.study_dir(study_uid)
+        freed = sum(f.stat().st_size for f in directory.rglob("*.dcm")) if directory.is_dir() else 0
+        shutil.rmtree(directory, ignore_errors=True)
+        with self._lock:
+            self._used -= freed
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

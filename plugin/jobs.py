@@ -1,0 +1,320 @@
+"""The job store (SQLAlchemy): requests, their states, outputs and the delivery outbox.
+
+SQLite by default, PostgreSQL by URL. State changes are conditional updates, so two
+workers (or a redelivered task) never move one job backwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RECEIVING = "receiving"
+    RUNNING = "running"
+    DELIVERING = "delivering"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ACTIVE_STATES = (JobState.QUEUED, JobState.RECEIVING, JobState.RUNNING, JobState.DELIVERING)
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uids: Mapped[list] = mapped_column(JSON, default=list)
+    hypothesis: Mapped[str] = mapped_column(Text)
+    sampler: Mapped[dict] = mapped_column(JSON)
+    requester: Mapped[str | None] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(64))
+    destination: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    results: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
+
+
+class Delivery(Base):
+    """One result bundle to one target; pending rows are the durable outbox."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "kind", "target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "dicom" or "fhir"
+    target: Mapped[str] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    job: Mapped[Job] = relationship(back_populates="deliveries")
+
+
+class OutputSeries(Base):
+    """Series we produced: the listener must recognise them and never process them again."""
+
+    __tablename__ = "output_series"
+
+    series_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"))
+
+
+@dataclass(frozen=True)
+class NewJob:
+    request_id: str
+    study_instance_uid: str
+    hypothesis: str
+    sampler: dict[str, Any]
+    source: str
+    series_instance_uids: tuple[str, ...] = ()
+    requester: str | None = None
+    destination: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    kind: str
+    target: str
+    state: str
+    attempts: int
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A detached snapshot of a job and its deliveries."""
+
+    id: str
+    request_id: str
+    study_instance_uid: str
+    series_instance_uids: tuple[str, ...]
+    hypothesis: str
+    sampler: dict[str, Any]
+    requester: str | None
+    source: str
+    destination: str | None
+    state: JobState
+    reason: str | None
+    worker: str | None
+    attempts: int
+    results: dict[str, Any] | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    deliveries: tuple[DeliveryView, ...]
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        deliveries = tuple(DeliveryView(d.id, d.kind, d.target, d.state, d.attempts, d.last_error,
+                                        _aware(d.delivered_at)) for d in job.deliveries)
+        return cls(job.id, job.request_id, job.study_instance_uid, tuple(job.series_instance_uids or ()),
+                   job.hypothesis, dict(job.sampler), job.requester, job.source, job.destination,
+                   JobState(job.state), job.reason, job.worker, job.attempts, job.results,
+                   _aware(job.created_at), _aware(job.updated_at), deliveries)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite returns naive datetimes; everything we store is UTC."""
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
+
+
+class JobStore:
+    def __init__(self, url: str) -> None:
+        is_sqlite = url.startswith("sqlite")
+        self.engine = create_engine(url, pool_pre_ping=True,
+                                    connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {})
+        if is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def submit(self, request: NewJob) -> tuple[JobView, bool]:
+        """Create the job, or return the existing one for the same request id; the bool says created."""
+        existing = self.by_request_id(request.request_id)
+        if existing:
+            return existing, False
+        job = Job(id=uuid.uuid4().hex, request_id=request.request_id, study_instance_uid=request.study_instance_uid,
+                  series_instance_uids=list(request.series_instance_uids), hypothesis=request.hypothesis,
+                  sampler=request.sampler, requester=request.requester, source=request.source,
+                  destination=request.destination, state=JobState.QUEUED)
+        try:
+            with self._session.begin() as session:
+                session.add(job)
+        except IntegrityError:  # the same request id arrived twice at once
+            existing = self.by_request_id(request.request_id)
+            if existing is None:
+                raise
+            return existing, False
+        return self.get(job.id), True
+
+    def by_request_id(self, request_id: str) -> JobView | None:
+        with self._session() as session:
+            job = session.scalar(select(Job).where(Job.request_id == request_id))
+            return JobView.of(job) if job else None
+
+    def get(self, job_id: str) -> JobView | None:
+        with self._session() as session:
+            job = session.get(Job, job_id)
+            return JobView.of(job) if job else None
+
+    def list(self, *, study_instance_uid: str | None = None, state: str | None = None,
+             requester: str | None = None, limit: int = 100) -> list[JobView]:
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if study_instance_uid:
+            query = query.where(Job.study_instance_uid == study_instance_uid)
+        if state:
+            query = query.where(Job.state == state)
+        if requester:
+            query = query.where(Job.requester == requester)
+        with self._session() as session:
+            return [JobView.of(job) for job in session.scalars(query)]
+
+    def transition(self, job_id: str, state: JobState, *, expect: Iterable[JobState],
+                   reason: str | None = None, **fields: Any) -> bool:
+        """Move a job to ``state`` if it is in one of ``expect``; False when it was not."""
+        values = {"state": state, "updated_at": _now(), "reason": reason, **fields}
+        with self._session.begin() as session:
+            result = session.execute(sql_update(Job).where(Job.id == job_id, Job.state.in_(list(expect)))
+                                     .values(**values))
+            return result.rowcount == 1
+
+    def count_attempt(self, job_id: str, worker: str) -> int:
+        with self._session.begin() as session:
+            job = session.get(Job, job_id)
+            job.attempts += 1
+            job.worker = worker
+            return job.attempts
+
+    def waiting_for(self, study_instance_uid: str) -> list[JobView]:
+        return self.list(study_instance_uid=study_instance_uid, state=JobState.RECEIVING) + self.list(
+            study_instance_uid=study_instance_uid, state=JobState.QUEUED)
+
+    def active(self) -> list[JobView]:
+        with self._session() as session:
+            return [JobView.of(job) for job in session.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES)))]
+
+    # --- outputs ----------------------------------------------------------------------------------
+
+    def record_results(self, job_id: str, results: dict[str, Any], output_series: Sequence[str],
+                       deliveries: Sequence[tuple[str, str]]) -> None:
+        """Store what a job produced and queue its deliveries, in one transaction."""
+        with self._session.begin() as session:
+            job = session.get(Job, job_id)
+            job.results = results
+            for uid in output_series:
+                session.merge(OutputSeries(series_instance_uid=uid, job_id=job_id))
+            for kind, target in deliveries:
+                session.add(Delivery(job_id=job_id, kind=kind, target=target))
+
+    def is_output_series(self, series_instance_uid: str) -> bool:
+        with self._session() as session:
+            return session.get(OutputSeries, series_instance_uid) is not None
+
+    # --- the outbox -------------------------------------------------------------------------------
+
+    def claim_due_deliveries(self, lease: dt.timedelta, *, job_id: str | None = None) -> list[int]:
+        """Ids of pending deliveries that are due, each pushed ``lease`` into the future so it is handed out once."""
+        now = _now()
+        query = select(Delivery).where(Delivery.state == DeliveryState.PENDING)
+        if job_id:
+            query = query.where(Delivery.job_id == job_id)
+        claimed = []
+        with self._session.begin() as session:
+            for item in session.scalars(query.with_for_update(skip_locked=True)):
+                if _aware(item.next_attempt_at) <= now:
+                    item.next_attempt_at = now + lease
+                    claimed.append(item.id)
+        return claimed
+
+    def release_delivery_claims(self) -> None:
+        """Make every pending delivery due now (after a restart, nothing holds the claims any more)."""
+        with self._session.begin() as session:
+            session.execute(sql_update(Delivery).where(Delivery.state == DeliveryState.PENDING)
+                            .values(next_attempt_at=_now()))
+
+    def delivery(self, delivery_id: int) -> tuple[Delivery, JobView] | None:
+        with self._session() as session:
+            item = session.get(Delivery, delivery_id)
+            return (item, JobView.of(item.job)) if item else None
+
+    def delivery_attempt(self, delivery_id: int, *, error: str | None, retry_in: dt.timedelta | None) -> None:
+        """Record one attempt: done when ``error`` is None, else pending again after ``retry_in`` (None: failed)."""
+        with self._session.begin() as session:
+            item = session.get(Delivery, delivery_id)
+            item.attempts += 1
+            item.last_error = error
+            if error is None:
+                item.state, item.delivered_at = DeliveryState.DONE, _now()
+            elif retry_in is None:
+                item.state = DeliveryState.FAILED
+            else:
+                item.next_attempt_at = _now() + retry_in
+
+    def settle(self, job_id: str) -> JobState | None:
+        """Finish a delivering job once every delivery has settled; return its new state, if any."""
+        with self._session() as session:
+            states = [d.state for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id))]
+        if any(state == DeliveryState.PENDING for state in states):
+            return None
+        failed = [state for state in states if state == DeliveryState.FAILED]
+        if failed:
+            self.transition(job_id, JobState.FAILED, expect=[JobState.DELIVERING],
+                            reason=f"{len(failed)} of {len(states)} deliveries failed")
+            return JobState.FAILED
+        self.transition(job_id, JobState.DONE, expect=[JobState.DELIVERING])
+        return JobState.DONE
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    """WAL lets the listener, the API and the worker threads read while one writes."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

@@ -1,0 +1,259 @@
+"""The node's use cases around one counterfactual job: submit, receive, generate, deliver.
+
+The API, the listener's hand-over and the Celery tasks all call in here; the dispatcher
+(Celery in production) decides where the next step runs. Each step reads only what the
+previous step wrote: the job store and the spool.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import logging
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Protocol
+
+import pydicom
+
+from dicom_io.completion import StudyArrival
+from dicom_io.errors import DicomInputError
+from dicom_io.spool import Spool
+from dicom_io.study import choose_prior, is_own_output
+from inference.errors import InferenceError
+from inference.sampler import SamplerSettings
+from plugin.config import RoutingRule, Settings
+from plugin.counterfactual import CounterfactualOutputs, CounterfactualService, write_outputs
+from plugin.delivery import DICOM, FHIR, DeliveryError, deliver, retry_delay
+from plugin.jobs import JobState, JobStore, JobView, NewJob
+
+log = logging.getLogger(__name__)
+
+SENDER_FILE = "sender.json"
+DELIVERY_LEASE = dt.timedelta(minutes=10)
+"""A delivery handed to a worker is not handed out again for this long (the attempt records its own retry)."""
+
+
+class Dispatcher(Protocol):
+    """Where the next step of a job runs (Celery's gpu and io queues in the node)."""
+
+    def generate(self, job_id: str) -> None: ...
+    def deliver(self, delivery_id: int) -> None: ...
+    def retrieve(self, job_id: str) -> None: ...
+
+
+class PermanentJobError(Exception):
+    """The job cannot succeed by retrying; it fails with this message as its reason."""
+
+
+class Node:
+    def __init__(self, config: Settings, dispatcher: Dispatcher) -> None:
+        self.config = config
+        self.dispatcher = dispatcher
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(config.resolved_database_url())
+        self.spool = Spool(config.data_dir / "spool", config.spool_max_bytes)
+        self.results_dir = config.data_dir / "results"
+        self.listener = None  # set by `progemu serve`/`listen`: the in-process listener, if any
+        self._service: CounterfactualService | None = None
+        self._service_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+
+    # --- the model, once per process --------------------------------------------------------------
+
+    def service(self) -> CounterfactualService:
+        with self._service_lock:
+            if self._service is None:
+                from inference.model import quiet_transformers
+                from plugin.runtime import load_service
+
+                quiet_transformers()
+                self._service = load_service(self.config)
+                log.info("model loaded once for this process")
+            return self._service
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    def submit(self, request: NewJob) -> tuple[JobView, bool]:
+        job, created = self.store.submit(request)
+        if created:
+            self._start(job)
+            job = self.store.get(job.id)
+        return job, created
+
+    def _receiving(self, study_uid: str) -> bool:
+        return self.listener is not None and self.listener.tracker.receiving(study_uid)
+
+    def _start(self, job: JobView) -> None:
+        if self.spool.has_study(job.study_instance_uid) and not self._receiving(job.study_instance_uid):
+            self.dispatcher.generate(job.id)
+            return
+        self.store.transition(job.id, JobState.RECEIVING, expect=[JobState.QUEUED])
+        if job.series_instance_uids:
+            self.expect(job.study_instance_uid, job.series_instance_uids)
+        self.dispatcher.retrieve(job.id)
+
+    def expect(self, study_uid: str, series_uids) -> None:
+        if self.listener is not None and series_uids:
+            self.listener.expect(study_uid, series_uids)
+
+    def retrieve(self, job_id: str) -> None:
+        """Have the PACS send the study (a Celery io task calls this; transient errors are retried)."""
+        from plugin.retrieval import Retriever, StudyNotFound
+
+        job = self.store.get(job_id)
+        if job is None or job.state != JobState.RECEIVING:
+            return
+        try:
+            series = Retriever(self.config).request(job.study_instance_uid, job.series_instance_uids)
+        except StudyNotFound as exc:
+            self.fail(job_id, str(exc))
+            return
+        self.expect(job.study_instance_uid, series)
+
+    def fail(self, job_id: str, reason: str) -> None:
+        log.warning("job %s failed: %s", job_id, reason)
+        self.store.transition(job_id, JobState.FAILED, expect=[JobState.QUEUED, JobState.RECEIVING,
+                                                               JobState.RUNNING], reason=reason)
+
+    # --- the listener's hand-over -----------------------------------------------------------------
+
+    def is_own_output(self, ds: pydicom.Dataset) -> bool:
+        return is_own_output(ds) or self.store.is_output_series(str(ds.get("SeriesInstanceUID", "")))
+
+    def on_study_complete(self, arrival: StudyArrival) -> None:
+        study_dir = self.spool.study_dir(arrival.study_uid)
+        (study_dir / SENDER_FILE).write_text(json.dumps({"calling_ae_title": arrival.calling_ae_title,
+                                                         "called_ae_title": arrival.called_ae_title}))
+        waiting = self.store.waiting_for(arrival.study_uid)
+        log.info("study complete: %d instance(s) in %d series; %d job(s) waiting", arrival.instances,
+                 len(arrival.series), len(waiting))
+        for job in waiting:
+            self.dispatcher.generate(job.id)
+        if not waiting:
+            for rule in self.config.routes:
+                if self._matches(rule, arrival):
+                    self.submit(NewJob(request_id=f"route:{rule.name}:{arrival.study_uid}",
+                                       study_instance_uid=arrival.study_uid, hypothesis=rule.hypothesis,
+                                       sampler=self.default_sampler(), source=f"route:{rule.name}"))
+
+    def _matches(self, rule: RoutingRule, arrival: StudyArrival) -> bool:
+        if rule.called_ae_title and rule.called_ae_title != arrival.called_ae_title:
+            return False
+        if rule.attribute:
+            try:
+                prior = pydicom.dcmread(choose_prior(self.spool.instances(arrival.study_uid), skip=self.is_own_output),
+                                        stop_before_pixels=True)
+            except DicomInputError:
+                return False
+            return fnmatch.fnmatchcase(str(prior.get(rule.attribute, "")), rule.pattern)
+        return True
+
+    def default_sampler(self, **overrides: object) -> dict:
+        from plugin.runtime import default_sampler_settings
+
+        return asdict(default_sampler_settings(self.config, **overrides))
+
+    def destination_for(self, job: JobView) -> str | None:
+        """The job's own destination, else the configured one, else the peer that sent the study."""
+        if job.destination:
+            return job.destination
+        if self.config.destination:
+            return str(self.config.destination)
+        sender = self.spool.study_dir(job.study_instance_uid) / SENDER_FILE
+        if sender.exists():
+            title = json.loads(sender.read_text())["calling_ae_title"]
+            for peer in self.config.peers:
+                if peer.ae_title == title:
+                    return str(peer)
+        return None
+
+    # --- generation (gpu queue) -------------------------------------------------------------------
+
+    def generate(self, job_id: str, worker: str) -> None:
+        """Run one job; PermanentJobError for input that can never work, other errors are transient."""
+        job = self.store.get(job_id)
+        if job is None or job.state not in (JobState.QUEUED, JobState.RECEIVING, JobState.RUNNING):
+            log.info("job %s is %s; nothing to generate", job_id, job.state if job else "unknown")
+            return
+        self.store.transition(job_id, JobState.RUNNING, expect=[JobState.QUEUED, JobState.RECEIVING,
+                                                                JobState.RUNNING])
+        attempt = self.store.count_attempt(job_id, worker)
+        log.info("job %s running (attempt %d)", job_id, attempt)
+        try:
+            prior = choose_prior(self.spool.instances(job.study_instance_uid), series_uids=job.series_instance_uids,
+                                 skip=self.is_own_output)
+            with self._generate_lock:
+                outputs = self.service().run(prior, job.hypothesis, SamplerSettings(**job.sampler))
+        except (DicomInputError, InferenceError) as exc:
+            raise PermanentJobError(str(exc)) from None
+        paths = write_outputs(outputs, self.results_dir / job_id)
+        destination = self.destination_for(job)
+        deliveries = ([(DICOM, destination)] if destination else []) + (
+            [(FHIR, self.config.fhir_url)] if self.config.fhir_url else [])
+        self.store.record_results(job_id, _results(outputs, paths), [outputs.sc.SeriesInstanceUID,
+                                                                     outputs.sr.SeriesInstanceUID], deliveries)
+        self.store.transition(job_id, JobState.DELIVERING, expect=[JobState.RUNNING])
+        if not deliveries:
+            log.warning("job %s has no destination: results stay in %s", job_id, self.results_dir / job_id)
+        self.sweep_outbox(job_id)
+        self.store.settle(job_id)
+
+    # --- delivery (io queue) ----------------------------------------------------------------------
+
+    def sweep_outbox(self, job_id: str | None = None) -> int:
+        """Hand every due delivery (of one job, or all) to the dispatcher; return how many."""
+        due = self.store.claim_due_deliveries(DELIVERY_LEASE, job_id=job_id)
+        for delivery_id in due:
+            self.dispatcher.deliver(delivery_id)
+        return len(due)
+
+    def deliver(self, delivery_id: int) -> None:
+        found = self.store.delivery(delivery_id)
+        if found is None:
+            return
+        item, job = found
+        if item.state != "pending" or job.results is None:
+            return
+        try:
+            deliver(item.kind, item.target, job.results, self.config)
+        except (DeliveryError, OSError) as exc:
+            delay = retry_delay(self.config, item.attempts + 1, item.created_at.replace(tzinfo=dt.UTC)
+                                if item.created_at.tzinfo is None else item.created_at)
+            log.warning("delivery %d (%s) failed, %s: %s", delivery_id, item.kind,
+                        f"retry in {delay.total_seconds():.0f} s" if delay else "giving up", exc)
+            self.store.delivery_attempt(delivery_id, error=str(exc), retry_in=delay)
+        else:
+            log.info("delivery %d (%s) done", delivery_id, item.kind)
+            self.store.delivery_attempt(delivery_id, error=None, retry_in=None)
+        self.store.settle(job.id)
+
+    # --- restart ----------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a restart with the embedded broker (whose queue was in memory), pick up unfinished jobs."""
+        for job in self.store.active():
+            if job.state in (JobState.QUEUED, JobState.RUNNING):
+                self.dispatcher.generate(job.id)
+            elif job.state == JobState.RECEIVING:
+                if self.spool.has_study(job.study_instance_uid):
+                    self.dispatcher.generate(job.id)
+                else:
+                    self.dispatcher.retrieve(job.id)
+        self.store.release_delivery_claims()
+        self.sweep_outbox()
+
+
+def _results(outputs: CounterfactualOutputs, paths: dict[str, Path]) -> dict:
+    return {
+        "files": {key: str(path) for key, path in paths.items()},
+        "dicom": ["sc", "sr"],
+        "sc": {"series_instance_uid": outputs.sc.SeriesInstanceUID, "sop_instance_uid": outputs.sc.SOPInstanceUID},
+        "sr": {"series_instance_uid": outputs.sr.SeriesInstanceUID, "sop_instance_uid": outputs.sr.SOPInstanceUID},
+        "interpretation": outputs.result.interpretation,
+        "algorithm": {"name": outputs.algorithm.name, "version": outputs.algorithm.version,
+                      "checkpoint_sha256": outputs.algorithm.checkpoint_sha256},
+        "settings": dict(outputs.algorithm.parameters),
+    }

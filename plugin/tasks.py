@@ -1,0 +1,152 @@
+"""Celery: the app, its two queues (gpu: generate; io: retrieve, deliver) and the tasks.
+
+Tasks are acks_late + reject_on_worker_lost, so a worker that dies mid-job has its job
+redelivered; each task is idempotent against the job store. The broker is Redis or
+RabbitMQ by URL, or, with none configured, an in-process queue for `progemu serve`'s
+embedded worker (no broker daemon; unfinished jobs are recovered from the job store).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery import Celery, signals
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker import WorkController
+
+from plugin.config import Settings
+from plugin.node import Node, PermanentJobError
+
+log = logging.getLogger(__name__)
+
+GPU, IO = "gpu", "io"
+EMBEDDED_BROKER = "memory://"
+
+app = Celery("progemu", set_as_current=False)
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    task_default_queue=IO,
+    task_routes={"progemu.generate": {"queue": GPU}, "progemu.retrieve": {"queue": IO},
+                 "progemu.deliver": {"queue": IO}},
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    task_serializer="json",
+    accept_content=["json"],
+)
+
+_node: Node | None = None
+_node_pid: int | None = None
+
+
+class CeleryDispatcher:
+    """Sends each step of a job to its queue."""
+
+    def generate(self, job_id: str) -> None:
+        generate.delay(job_id)
+
+    def deliver(self, delivery_id: int) -> None:
+        deliver.delay(delivery_id)
+
+    def retrieve(self, job_id: str) -> None:
+        retrieve.delay(job_id)
+
+
+def configure(config: Settings) -> Celery:
+    """Point the app at the configured broker and limits; the node is built lazily per process."""
+    global _node, _node_pid
+    app.conf.update(
+        broker_url=config.broker_url or EMBEDDED_BROKER,
+        broker_transport_options={"visibility_timeout": config.broker_visibility_timeout},
+        task_time_limit=config.task_time_limit,
+        task_soft_time_limit=max(1, config.task_time_limit - 30),
+    )
+    app.conf.progemu_settings = config
+    _node, _node_pid = None, None
+    return app
+
+
+def node() -> Node:
+    """This process's node (model, job store, spool); a forked worker child builds its own."""
+    global _node, _node_pid
+    if _node is None or _node_pid != os.getpid():
+        config = app.conf.get("progemu_settings") or Settings()
+        _node, _node_pid = Node(config, CeleryDispatcher()), os.getpid()
+    return _node
+
+
+def use_node(existing: Node) -> None:
+    """Let the tasks of this process use ``existing`` (serve: the listener's and the API's node)."""
+    global _node, _node_pid
+    _node, _node_pid = existing, os.getpid()
+
+
+def _worker_name(task) -> str:
+    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
+
+
+def _retries() -> int:
+    return node().config.task_retries
+
+
+@app.task(bind=True, name="progemu.generate", acks_late=True, reject_on_worker_lost=True)
+def generate(self, job_id: str) -> None:
+    try:
+        node().generate(job_id, worker=_worker_name(self))
+    except PermanentJobError as exc:
+        node().fail(job_id, str(exc))
+    except SoftTimeLimitExceeded:
+        node().fail(job_id, f"generation exceeded the time limit of {node().config.task_time_limit} s")
+    except Exception as exc:  # noqa: BLE001 - transient until the retries run out
+        if self.request.retries >= _retries():
+            node().fail(job_id, f"generation failed after {self.request.retries + 1} attempts: "
+                                f"{type(exc).__name__}")
+            log.exception("job %s failed", job_id)
+            return
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2 ** self.request.retries)) from None
+
+
+@app.task(bind=True, name="progemu.retrieve", acks_late=True, reject_on_worker_lost=True)
+def retrieve(self, job_id: str) -> None:
+    try:
+        node().retrieve(job_id)
+    except Exception as exc:  # noqa: BLE001
+        if self.request.retries >= _retries():
+            node().fail(job_id, f"the PACS did not send the study: {exc}")
+            return
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2 ** self.request.retries)) from None
+
+
+@app.task(name="progemu.deliver", acks_late=True, reject_on_worker_lost=True)
+def deliver(delivery_id: int) -> None:
+    node().deliver(delivery_id)  # failures are recorded in the outbox, which schedules the retry
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_: object) -> None:
+    """A forked child must not share the parent's database connections."""
+    if _node is not None:
+        _node.store.engine.dispose(close=False)
+
+
+class EmbeddedWorker:
+    """A Celery worker in a thread of this process: two threads, both queues, one shared model."""
+
+    def __init__(self, queues: tuple[str, ...] = (GPU, IO), concurrency: int = 2) -> None:
+        self.worker = WorkController(app=app, pool="threads", concurrency=concurrency, queues=list(queues),
+                                     hostname=f"progemu-embedded@{socket.gethostname()}",
+                                     without_heartbeat=True, without_mingle=True, without_gossip=True,
+                                     loglevel=logging.WARNING)
+        self.thread = threading.Thread(target=self.worker.start, name="celery-embedded", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.stop(in_sighandler=False)
+        self.thread.join(timeout=10)
