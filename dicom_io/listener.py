@@ -94,6 +94,7 @@ class Listener:
         if not self.admit(title, address):
             log.warning("refused association from AE %r at %s: not an allowed peer", title.strip(), address)
             event.assoc.acse.send_reject(*_REJECT_UNKNOWN_CALLER)
+            event.assoc.kill()  # as pynetdicom's own rejection does: lets the DUL flush the A-ASSOCIATE-RJ
 
     # --- services ---------------------------------------------------------------------------------
 

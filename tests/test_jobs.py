@@ -1,0 +1,111 @@
+"""The job store on SQLite and on the PostgreSQL server running here: idempotency, states, outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import pytest
+
+from plugin.config import Settings
+from plugin.jobs import DeliveryState, JobState, JobStore, NewJob
+from tests.databases import postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        yield JobStore(Settings(data_dir=tmp_path).resolved_database_url())
+        return
+    with postgres_database() as url:
+        job_store = JobStore(Settings(database_url=url).resolved_database_url())
+        yield job_store
+        job_store.dispose()
+
+
+def _request(request_id: str = "r1", study: str = "1.2.3", **overrides) -> NewJob:
+    values = {"request_id": request_id, "study_instance_uid": study, "hypothesis": "The effusion worsens.",
+              "sampler": {"seed": 7}, "source": "api", **overrides}
+    return NewJob(**values)
+
+
+def test_same_request_id_makes_one_job(store: JobStore) -> None:
+    first, created = store.submit(_request())
+    again, created_again = store.submit(_request(hypothesis="something else"))
+    assert created and not created_again
+    assert again.id == first.id and again.hypothesis == "The effusion worsens."
+    assert len(store.list()) == 1
+
+
+def test_concurrent_submissions_of_one_request_make_one_job(store: JobStore) -> None:
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(store.submit(_request("same"))))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+def test_states_move_only_from_what_is_expected(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    assert job.state == JobState.QUEUED
+    assert store.transition(job.id, JobState.RUNNING, expect=[JobState.QUEUED])
+    assert not store.transition(job.id, JobState.RECEIVING, expect=[JobState.QUEUED])
+    assert store.transition(job.id, JobState.FAILED, expect=[JobState.RUNNING], reason="the study holds no image")
+    failed = store.get(job.id)
+    assert failed.state == JobState.FAILED and failed.reason == "the study holds no image"
+    assert failed.updated_at >= failed.created_at
+
+
+def test_list_filters_by_study_state_and_requester(store: JobStore) -> None:
+    a, _ = store.submit(_request("a", study="1.2.3", requester="dr-a"))
+    store.submit(_request("b", study="1.2.4"))
+    store.transition(a.id, JobState.RECEIVING, expect=[JobState.QUEUED])
+    assert [j.request_id for j in store.list(study_instance_uid="1.2.3")] == ["a"]
+    assert [j.request_id for j in store.list(state=JobState.QUEUED)] == ["b"]
+    assert [j.request_id for j in store.list(requester="dr-a")] == ["a"]
+    assert [j.request_id for j in store.waiting_for("1.2.3")] == ["a"]
+
+
+def test_outbox_claims_each_due_delivery_once_and_settles_the_job(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
+    store.record_results(job.id, {"sc": {}}, ["1.2.3.4.5"], [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
+    assert store.is_output_series("1.2.3.4.5") and not store.is_output_series("1.2.3.4.6")
+    lease = dt.timedelta(minutes=10)
+    claimed = store.claim_due_deliveries(lease)
+    assert len(claimed) == 2
+    assert store.claim_due_deliveries(lease) == []  # leased: not handed out twice
+    dicom, fhir = claimed
+    store.delivery_attempt(dicom, error="association rejected", retry_in=dt.timedelta(seconds=0))
+    assert store.settle(job.id) is None  # still pending
+    assert store.claim_due_deliveries(lease) == [dicom]  # the retry is due
+    store.delivery_attempt(dicom, error=None, retry_in=None)
+    store.delivery_attempt(fhir, error=None, retry_in=None)
+    assert store.settle(job.id) == JobState.DONE
+    done = store.get(job.id)
+    assert done.state == JobState.DONE
+    assert [(d.kind, d.state, d.attempts) for d in done.deliveries] == [
+        ("dicom", DeliveryState.DONE, 2), ("fhir", DeliveryState.DONE, 1)]
+
+
+def test_a_delivery_given_up_fails_the_job_with_a_reason(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
+    store.record_results(job.id, {}, [], [("dicom", "PACS@h:104")])
+    [delivery] = store.claim_due_deliveries(dt.timedelta(minutes=1))
+    store.delivery_attempt(delivery, error="refused", retry_in=None)
+    assert store.settle(job.id) == JobState.FAILED
+    assert store.get(job.id).reason == "1 of 1 deliveries failed"
+
+
+def test_release_makes_leased_deliveries_due_after_a_restart(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    store.record_results(job.id, {}, [], [("dicom", "PACS@h:104")])
+    assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1
+    store.release_delivery_claims()
+    assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1
