@@ -70,6 +70,12 @@ class NodeServer:
         response.raise_for_status()
         return response.json()
 
+    def get_list(self, study_uid: str) -> list[dict]:
+        response = httpx.get(self.url + "/v1/counterfactuals", params={"study_instance_uid": study_uid},
+                             headers=self.headers, timeout=30)
+        response.raise_for_status()
+        return response.json()["items"]
+
     def wait_until(self, job_id: str, states: set[str], timeout: float = 180) -> dict:
         return wait_for(lambda: (job := self.job(job_id))["state"] in states and job, timeout,
                         f"job {job_id} to reach {states} (node log: {self.log_path})", interval=0.5)
