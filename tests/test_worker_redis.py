@@ -1,0 +1,78 @@
+"""Celery with a real broker (the Redis server running here): `progemu worker` survives losing a process.
+
+Tasks are acks_late and reject_on_worker_lost, so when the worker process running a job
+is killed, the job goes back to the queue and another process finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+import redis
+
+from plugin.config import DEMO_PRIOR, Settings
+from plugin.jobs import JobState, NewJob
+from plugin.node import Node
+from plugin.tasks import CeleryDispatcher, configure
+from tests.net import wait_for
+
+REDIS_DB = 11  # a database of its own on the shared server, emptied before use
+BROKER = f"redis://127.0.0.1:6379/{REDIS_DB}"
+
+
+@pytest.fixture
+def broker() -> str:
+    try:
+        redis.Redis.from_url(BROKER).flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(f"the Redis server at 127.0.0.1:6379 is needed for this test: {exc}")
+    return BROKER
+
+
+def test_a_job_whose_worker_process_is_killed_finishes_after_redelivery(broker: str, tmp_path: Path) -> None:
+    config = Settings(data_dir=tmp_path / "data", broker_url=broker)
+    configure(config)
+    node = Node(config, CeleryDispatcher())
+    prior = pydicom.dcmread(DEMO_PRIOR)
+    node.spool.write(prior.StudyInstanceUID, prior.SeriesInstanceUID, prior.SOPInstanceUID, DEMO_PRIOR.read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")}
+    env |= {"PROGEMU_BROKER_URL": broker, "PROGEMU_DATA_DIR": str(config.data_dir)}
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "progemu"), "-v", "worker", "--queues", "gpu,io",
+                               "--concurrency", "1"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        job, _ = node.submit(NewJob(request_id="kill-me", study_instance_uid=prior.StudyInstanceUID,
+                                    hypothesis="The left pleural effusion worsens.", sampler=node.default_sampler(),
+                                    source="test"))
+        running = wait_for(lambda: (j := node.store.get(job.id)).state == JobState.RUNNING and j.worker and j, 120,
+                           "the worker to start the job", interval=0.01)
+        victim = int(running.worker.rsplit(":", 1)[1])
+        assert victim != worker.pid  # the prefork child that runs the task, not the supervising process
+        os.kill(victim, signal.SIGKILL)
+        done = wait_for(lambda: (j := node.store.get(job.id)).state in (JobState.DONE, JobState.FAILED) and j, 120,
+                        f"the redelivered job to finish (log {tmp_path / 'worker.log'})", interval=0.2)
+        assert done.state == JobState.DONE, done.reason
+        assert done.attempts == 2
+        assert int(done.worker.rsplit(":", 1)[1]) != victim
+        assert done.results["interpretation"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+
+
+def test_worker_without_a_broker_says_what_to_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")}
+    result = subprocess.run([str(Path(sys.executable).parent / "progemu"), "worker"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "PROGEMU_BROKER_URL" in result.stderr
