@@ -76,6 +76,6 @@ class NodeServer:
         response.raise_for_status()
         return response.json()["items"]
 
-    def wait_until(self, job_id: str, states: set[str], timeout: float = 180) -> dict:
+    def wait_until(self, job_id: str, states: set[str], timeout: float = 180, interval: float = 0.5) -> dict:
         return wait_for(lambda: (job := self.job(job_id))["state"] in states and job, timeout,
-                        f"job {job_id} to reach {states} (node log: {self.log_path})", interval=0.5)
+                        f"job {job_id} to reach {states} (node log: {self.log_path})", interval=interval)

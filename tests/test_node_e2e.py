@@ -26,8 +26,11 @@ ROUTE = {"name": "push-chest", "hypothesis": "A small right pleural effusion dev
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("e2e")
-    node_port = free_port()
-    orthanc = OrthancServer(workdir / "orthanc", modalities={"PROGEMU": ["PROGEMU", "127.0.0.1", node_port]}).start()
+    node_port, move_node_port = free_port(), free_port()
+    orthanc = OrthancServer(workdir / "orthanc", modalities={
+        "PROGEMU": ["PROGEMU", "127.0.0.1", node_port],
+        "PROGEMUMOVE": ["PROGEMU2", "127.0.0.1", move_node_port]}).start()
+    orthanc.move_node_port = move_node_port
     node = NodeServer(workdir / "node", dicom_port=node_port, env={
         "PROGEMU_PACS_URL": orthanc.url, "PROGEMU_PACS_USERNAME": USER, "PROGEMU_PACS_PASSWORD": PASSWORD,
         "PROGEMU_PEERS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "PROGEMU_ROUTES": json.dumps([ROUTE])})
@@ -84,6 +87,25 @@ def test_a_second_request_never_receives_or_processes_our_own_outputs(pacs, tmp_
         "*.dcm")}
     assert spooled_series == {prior.SeriesInstanceUID}
     assert len(orthanc.series_of(prior.StudyInstanceUID)) == 5
+
+
+def test_a_pacs_without_orthancs_api_is_asked_with_c_move(pacs, tmp_path: Path) -> None:
+    orthanc, _, _ = pacs
+    node = NodeServer(tmp_path / "move-node", dicom_port=orthanc.move_node_port, env={
+        "PROGEMU_AE_TITLE": "PROGEMU2", "PROGEMU_PACS_DICOM": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+        "PROGEMU_PEERS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"})
+    prior = fresh_prior(tmp_path / "prior.dcm")
+    orthanc.upload(tmp_path / "prior.dcm")
+    try:
+        node.start()
+        response = node.post({"study_instance_uid": prior.StudyInstanceUID, "hypothesis": "The effusion worsens.",
+                              "series_instance_uids": [prior.SeriesInstanceUID]})
+        assert response.status_code == 201, response.text
+        job = node.wait_until(response.json()["id"], {"done", "failed"})
+    finally:
+        node.stop()
+    assert job["state"] == "done", job
+    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "SR"], 30, "results via C-MOVE")
 
 
 def test_a_study_the_pacs_does_not_hold_is_a_404(pacs) -> None:
