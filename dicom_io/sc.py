@@ -186,5 +186,9 @@ def _source_image_item(prior: pydicom.Dataset) -> pydicom.Dataset:
 
 
 def _fit(value: str, limit: int) -> str:
-    """Truncate free text to a VR's length limit (the hypothesis is user input of any length)."""
-    return value if len(value) <= limit else value[: limit - 3] + "..."
+    """Truncate free text to a VR's length limit in UTF-8 bytes, which is what the limit (and dciodvfy) counts.
+
+    The hypothesis is user input of any length and language: counting characters lets "größer" overflow.
+    """
+    encoded = value.encode("utf-8")
+    return value if len(encoded) <= limit else encoded[: limit - 3].decode("utf-8", errors="ignore") + "..."

@@ -21,6 +21,7 @@ from dicom_io.fhir import build_fhir_bundle
 from dicom_io.geometry import from_square, to_square
 from dicom_io.reader import read_prior
 from dicom_io.records import AlgorithmRecord, CounterfactualText
+from dicom_io.report_page import build_report_page
 from dicom_io.sc import build_counterfactual_sc
 from dicom_io.sr import build_counterfactual_sr
 from inference.engines.base import CancelCheck, ProgressCallback
@@ -32,7 +33,10 @@ from plugin.preview import render_preview
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAMES = {"sc": "counterfactual.dcm", "sr": "report.dcm", "fhir": "fhir.json", "preview": "preview.png"}
+OUTPUT_NAMES = {"sc": "counterfactual.dcm", "sr": "report.dcm", "report_page": "report_page.dcm",
+                "fhir": "fhir.json", "preview": "preview.png"}
+DICOM_OUTPUTS = ("sc", "sr", "report_page")
+"""What goes back to the PACS: the image, the SR, and the report page for viewers that do not render SR text."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class CounterfactualOutputs:
 
     sc: pydicom.Dataset
     sr: pydicom.Dataset
+    report_page: pydicom.Dataset
     fhir: dict
     preview: Image.Image
     result: Counterfactual
@@ -75,12 +80,14 @@ class CounterfactualService:
         text = CounterfactualText(hypothesis=result.hypothesis, interpretation=result.interpretation)
         sc = build_counterfactual_sc(prior.dataset, counterfactual, algorithm=algorithm, text=text)
         sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text)
+        page = build_report_page(prior.dataset, prior.pixels, counterfactual, algorithm=algorithm, text=text,
+                                 counterfactual_sop_instance_uid=sc.SOPInstanceUID)
         fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text,
                                  fhir_version=self.config.fhir_version)
         preview = render_preview(prior.pixels, counterfactual, baseline=from_square(result.prior_reconstruction, box),
                                  hypothesis=result.hypothesis, interpretation=result.interpretation)
         log.info("counterfactual SC %s and SR %s built", sc.SOPInstanceUID, sr.SOPInstanceUID)
-        return CounterfactualOutputs(sc, sr, fhir, preview, result, algorithm)
+        return CounterfactualOutputs(sc, sr, page, fhir, preview, result, algorithm)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -97,12 +104,13 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write the four outputs into ``out_dir`` and return their paths."""
+    """Write every output into ``out_dir`` and return their paths."""
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {key: directory / name for key, name in OUTPUT_NAMES.items()}
-    _atomic_write(paths["sc"], lambda p: outputs.sc.save_as(p, enforce_file_format=True))
-    _atomic_write(paths["sr"], lambda p: outputs.sr.save_as(p, enforce_file_format=True))
+    for key in DICOM_OUTPUTS:
+        dataset = getattr(outputs, key)
+        _atomic_write(paths[key], lambda p, ds=dataset: ds.save_as(p, enforce_file_format=True))
     _atomic_write(paths["fhir"], lambda p: p.write_text(json.dumps(outputs.fhir, indent=2) + "\n"))
     _atomic_write(paths["preview"], lambda p: outputs.preview.save(p, format="PNG"))
     return paths

@@ -25,7 +25,7 @@ from dicom_io.study import choose_prior, is_own_output
 from inference.errors import InferenceError
 from inference.sampler import SamplerSettings
 from plugin.config import RoutingRule, Settings
-from plugin.counterfactual import CounterfactualOutputs, CounterfactualService, write_outputs
+from plugin.counterfactual import DICOM_OUTPUTS, CounterfactualOutputs, CounterfactualService, write_outputs
 from plugin.delivery import DICOM, FHIR, DeliveryError, deliver, retry_delay
 from plugin.jobs import JobState, JobStore, JobView, NewJob
 
@@ -193,8 +193,8 @@ class Node:
         destination = self.destination_for(job)
         deliveries = ([(DICOM, destination)] if destination else []) + (
             [(FHIR, self.config.fhir_url)] if self.config.fhir_url else [])
-        self.store.record_results(job_id, _results(outputs, paths), [outputs.sc.SeriesInstanceUID,
-                                                                     outputs.sr.SeriesInstanceUID], deliveries)
+        output_series = [getattr(outputs, key).SeriesInstanceUID for key in DICOM_OUTPUTS]
+        self.store.record_results(job_id, _results(outputs, paths), output_series, deliveries)
         self.store.transition(job_id, JobState.DELIVERING, expect=[JobState.RUNNING])
         if not deliveries:
             log.warning("job %s has no destination: results stay in %s", job_id, self.results_dir / job_id)
@@ -247,11 +247,13 @@ class Node:
 
 
 def _results(outputs: CounterfactualOutputs, paths: dict[str, Path]) -> dict:
+    """What the job store keeps: file paths (for delivery), the output UIDs, the text and the identity."""
+    uids = {key: {"series_instance_uid": getattr(outputs, key).SeriesInstanceUID,
+                  "sop_instance_uid": getattr(outputs, key).SOPInstanceUID} for key in DICOM_OUTPUTS}
     return {
         "files": {key: str(path) for key, path in paths.items()},
-        "dicom": ["sc", "sr"],
-        "sc": {"series_instance_uid": outputs.sc.SeriesInstanceUID, "sop_instance_uid": outputs.sc.SOPInstanceUID},
-        "sr": {"series_instance_uid": outputs.sr.SeriesInstanceUID, "sop_instance_uid": outputs.sr.SOPInstanceUID},
+        "dicom": list(DICOM_OUTPUTS),
+        **uids,
         "interpretation": outputs.result.interpretation,
         "algorithm": {"name": outputs.algorithm.name, "version": outputs.algorithm.version,
                       "checkpoint_sha256": outputs.algorithm.checkpoint_sha256},

@@ -60,8 +60,11 @@ class CeleryDispatcher:
 def configure(config: Settings) -> Celery:
     """Point the app at the configured broker and limits; the node is built lazily per process."""
     global _node, _node_pid
+    broker_url = config.broker_url or EMBEDDED_BROKER
+    if app.conf.broker_url and app.conf.broker_url != broker_url:
+        app._after_fork()  # drop the connection and producer pools of the previous broker (Celery's own reset)
     app.conf.update(
-        broker_url=config.broker_url or EMBEDDED_BROKER,
+        broker_url=broker_url,
         broker_transport_options={"visibility_timeout": config.broker_visibility_timeout},
         task_time_limit=config.task_time_limit,
         task_soft_time_limit=max(1, config.task_time_limit - 30),

@@ -18,7 +18,7 @@ from tests.dicom_fixtures import chest_pixels, write
 from tests.dicom_validators import assert_dciodvfy_clean, dsrdump_text
 
 PATIENT = {"patient_name": "DOE^JANE", "patient_id": "MRN-778899", "patient_birth_date": "19510203"}
-OUTPUTS = ("counterfactual.dcm", "report.dcm", "fhir.json", "preview.png")
+OUTPUTS = ("counterfactual.dcm", "report.dcm", "report_page.dcm", "fhir.json", "preview.png")
 
 
 @pytest.fixture
@@ -42,6 +42,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert "generating" in done.stderr  # the progress bar
     assert_dciodvfy_clean(out / "counterfactual.dcm")
     assert_dciodvfy_clean(out / "report.dcm")
+    assert_dciodvfy_clean(out / "report_page.dcm")
     report = dsrdump_text(out / "report.dcm")
     assert "pleural effusion has developed" in report and "seed=1" in report
     sc, prior_ds = pydicom.dcmread(out / "counterfactual.dcm"), pydicom.dcmread(

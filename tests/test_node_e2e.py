@@ -57,8 +57,9 @@ def test_request_brings_sr_and_sc_back_into_the_same_study(pacs, tmp_path: Path)
     assert job["state"] == "done", (job, node.log_tail())
     assert [(d["kind"], d["state"]) for d in job["deliveries"]] == [("dicom", "done")]
     assert job["deliveries"][0]["target"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
-    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "SR"], 30, "SC and SR in Orthanc")
-    for kind in ("sc", "sr"):
+    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30,
+             "SC, report page and SR in Orthanc")
+    for kind in ("sc", "sr", "report_page"):
         sop = job["results"][kind]["sop_instance_uid"]
         instance_id = orthanc.client.instances.lookup(sop)
         data = orthanc.get(f"/instances/{instance_id}/file").content
@@ -79,14 +80,14 @@ def test_a_second_request_never_receives_or_processes_our_own_outputs(pacs, tmp_
     first = node.wait_until(node.post({"study_instance_uid": prior.StudyInstanceUID,
                                        "hypothesis": "The cardiomegaly worsens."}).json()["id"], {"done", "failed"})
     assert first["state"] == "done"
-    wait_for(lambda: len(orthanc.series_of(prior.StudyInstanceUID)) == 3, 30, "the first results in Orthanc")
+    wait_for(lambda: len(orthanc.series_of(prior.StudyInstanceUID)) == 4, 30, "the first results in Orthanc")
     second = node.wait_until(node.post({"study_instance_uid": prior.StudyInstanceUID,
                                         "hypothesis": "The cardiomegaly improves."}).json()["id"], {"done", "failed"})
     assert second["state"] == "done"
     spooled_series = {p.parent.name for p in (workdir / "node" / "data" / "spool" / prior.StudyInstanceUID).rglob(
         "*.dcm")}
     assert spooled_series == {prior.SeriesInstanceUID}
-    assert len(orthanc.series_of(prior.StudyInstanceUID)) == 5
+    assert len(orthanc.series_of(prior.StudyInstanceUID)) == 7
 
 
 def test_a_pacs_without_orthancs_api_is_asked_with_c_move(pacs, tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_a_pacs_without_orthancs_api_is_asked_with_c_move(pacs, tmp_path: Path) 
     finally:
         node.stop()
     assert job["state"] == "done", job
-    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "SR"], 30, "results via C-MOVE")
+    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30, "results via C-MOVE")
 
 
 def test_a_study_the_pacs_does_not_hold_is_a_404(pacs) -> None:
@@ -124,7 +125,7 @@ def test_a_pushed_study_matching_a_routing_rule_gets_its_preset_hypothesis(pacs,
     job = node.wait_until(jobs[0]["id"], {"done", "failed"})
     assert job["state"] == "done", job
     assert job["source"] == "route:push-chest" and job["hypothesis"] == ROUTE["hypothesis"]
-    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "SR"], 30, "routed results")
+    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30, "routed results")
 
 
 def test_storescu_from_an_unknown_ae_is_refused(pacs, tmp_path: Path) -> None:
@@ -159,7 +160,7 @@ def test_results_reach_a_destination_that_was_down_once_it_is_back(tmp_path: Pat
         job = node.wait_until(job_id, {"done", "failed"}, timeout=120)
         assert job["state"] == "done" and job["deliveries"][0]["state"] == "done"
         stored = {pydicom.dcmread(path).SOPInstanceUID for path in received.iterdir()}
-        assert stored == {job["results"]["sc"]["sop_instance_uid"], job["results"]["sr"]["sop_instance_uid"]}
+        assert stored == {job["results"][kind]["sop_instance_uid"] for kind in ("sc", "sr", "report_page")}
     finally:
         node.stop()
         if storescp:

@@ -120,10 +120,11 @@ def test_label_is_burned_into_the_pixels(sc, pixels) -> None:
     assert np.array_equal(written[below], expected[below])
 
 
-def test_long_hypothesis_fits_the_header(prior, pixels, algorithm, tmp_path) -> None:
-    text = CounterfactualText(hypothesis="the effusion worsens " * 200, interpretation="x")
+@pytest.mark.parametrize("phrase", ["the effusion worsens ", "Pleuraerguss links größer "])
+def test_long_hypothesis_fits_the_header(prior, pixels, algorithm, tmp_path, phrase) -> None:
+    text = CounterfactualText(hypothesis=phrase * 600, interpretation="x")
     sc = build_counterfactual_sc(prior, pixels, algorithm=algorithm, text=text)
-    assert len(sc.DerivationDescription) <= 1024 and len(sc.SeriesDescription) <= 64
+    assert len(sc.DerivationDescription.encode()) <= 1024 and len(sc.ImageComments.encode()) <= 10240
     sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
     assert_dciodvfy_clean(tmp_path / "sc.dcm")
 

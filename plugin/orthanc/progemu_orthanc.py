@@ -1,0 +1,303 @@
+"""Orthanc plugin: ask the ProgEmu node for a counterfactual of a study from Orthanc Explorer.
+
+Runs inside Orthanc (orthanc-python, Debian's Python 3.11), so it uses the standard library only.
+It validates what the radiologist typed, relays it to the node's REST API with the node's bearer
+token (which never reaches the browser), and maps every failure to a 4xx/502 with a one-sentence
+``detail``: an uncaught exception would become a bare 500 without explanation.
+
+Configuration: the ``ProgEmu`` section of Orthanc's configuration (see docker/orthanc/orthanc.json).
+Nothing about the patient (tags, hypothesis text) goes into the log.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import orthanc
+
+ORTHANC_ID = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"
+JOB_ID = r"[A-Za-z0-9_-]{1,64}"
+REQUESTER = "orthanc-explorer"
+MAX_CFG_SCALE = 30.0
+MAX_BODY_BYTES = 64 * 1024
+BODY_FIELDS = {"hypothesis", "seed", "cfg_scale"}
+DEFAULT_SUGGESTIONS = [
+    "the left pleural effusion worsens",
+    "the right pleural effusion resolves",
+    "the cardiomegaly progresses",
+    "a right upper lobe consolidation develops",
+    "the pulmonary oedema improves",
+    "a left-sided pneumothorax appears",
+]
+NOTICE = "Synthetic images, not for diagnosis"
+# straight to the node: it sits on Orthanc's own network, and an http_proxy in Orthanc's environment must not catch it
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Problem(Exception):
+    """An answer other than success: HTTP status plus one sentence for the user."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+def _section(config: dict[str, Any]) -> dict[str, Any]:
+    """The ProgEmu section, merged over any case variant of its name.
+
+    The orthancteam image turns ORTHANC__PROG_EMU__TOKEN into ``ProgEmu.Token`` but
+    ORTHANC__PROGEMU__TOKEN into ``Progemu.Token``; both spellings should reach us.
+    """
+    merged: dict[str, Any] = {}
+    for key in sorted((k for k in config if k.lower() == "progemu"), key=lambda k: k != "ProgEmu"):
+        if isinstance(config[key], dict):
+            merged.update(config[key])
+    return merged
+
+
+def _number(value: Any, kind: type, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        orthanc.LogWarning(f"ProgEmu: ignoring a setting that is not a {kind.__name__}; using {default!r}")
+        return default
+
+
+def load_settings() -> dict[str, Any]:
+    section = _section(json.loads(orthanc.GetConfiguration()))
+    suggestions = section.get("Suggestions")
+    if not isinstance(suggestions, list) or not all(isinstance(s, str) and s.strip() for s in suggestions):
+        suggestions = DEFAULT_SUGGESTIONS
+    token = section.get("Token")
+    return {
+        "node_url": str(section.get("NodeUrl") or "http://127.0.0.1:8080").rstrip("/"),
+        # an env-var token of digits arrives as a number (the orthancteam image parses values as JSON)
+        "token": None if token in (None, "") else str(token),
+        "timeout": max(1.0, _number(section.get("Timeout"), float, 30.0)),
+        "default_seed": _number(section.get("DefaultSeed"), int, None),
+        "default_cfg_scale": _number(section.get("DefaultGuidanceScale"), float, None),
+        "max_length": max(1, _number(section.get("MaxHypothesisLength"), int, 500)),
+        "suggestions": [s.strip() for s in suggestions],
+    }
+
+
+SETTINGS = load_settings()
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+def _send(output: Any, status: int, payload: Any) -> None:
+    """JSON with a status. ASCII-only text keeps len(body) equal to its byte count.
+
+    SendHttpStatus takes (int, str, int) in orthanc-python 4.0 (bytes make it answer 500); it is
+    the only way to send a body with a status other than 200. Where it fails we still send the code.
+    """
+    body = json.dumps(payload, ensure_ascii=True)
+    if status == 200:
+        output.AnswerBuffer(body, "application/json")
+        return
+    try:
+        output.SetHttpHeader("Content-Type", "application/json")
+        output.SendHttpStatus(status, body, len(body))
+    except Exception as exc:  # noqa: BLE001 - the status code alone is better than a 500
+        orthanc.LogWarning(f"ProgEmu: could not send an answer body ({type(exc).__name__})")
+        output.SendHttpStatusCode(status)
+
+
+def route(methods: str):
+    """Wrap a handler: method check, then any failure answered as a status with a ``detail``."""
+    allowed = set(methods.split(","))
+
+    def wrap(handler):
+        def callback(output: Any, uri: str, **request: Any) -> None:
+            if request.get("method") not in allowed:
+                output.SendMethodNotAllowed(methods)
+                return
+            try:
+                status, payload = handler(request)
+            except Problem as problem:
+                status, payload = problem.status, {"detail": problem.detail}
+            except Exception as exc:  # noqa: BLE001 - never a bare 500 without a reason
+                orthanc.LogWarning(f"ProgEmu: {request.get('method')} failed: {type(exc).__name__}")
+                status, payload = 502, {"detail": f"the ProgEmu plugin failed ({type(exc).__name__})"}
+            _send(output, status, payload)
+
+        return callback
+
+    return wrap
+
+
+# --- Orthanc and the node ------------------------------------------------------------------------
+
+def _study_uid(study_id: str) -> str:
+    try:
+        study = json.loads(orthanc.RestApiGet(f"/studies/{study_id}"))
+    except orthanc.OrthancException:
+        raise Problem(404, "Orthanc holds no study with this id") from None
+    uid = study.get("MainDicomTags", {}).get("StudyInstanceUID")
+    if not uid:
+        raise Problem(404, "the study has no StudyInstanceUID")
+    return uid
+
+
+def _orthanc_series_id(series_uid: str) -> str | None:
+    try:
+        found = json.loads(orthanc.RestApiPost("/tools/lookup", series_uid))
+    except orthanc.OrthancException:
+        return None
+    return next((item["ID"] for item in found if item.get("Type") == "Series"), None)
+
+
+def _node(method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    """Call the node's API; node-side failures become 502/404/400 Problems with a clear sentence."""
+    url = SETTINGS["node_url"]
+    if not SETTINGS["token"]:
+        raise Problem(502, "the ProgEmu plugin has no token for the node: set ProgEmu.Token in Orthanc's configuration")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {SETTINGS['token']}", "Accept": "application/json",
+        **({"Content-Type": "application/json"} if data is not None else {})})
+    try:
+        with OPENER.open(request, timeout=SETTINGS["timeout"]) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        status, detail = error.code, _detail(error)
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError and timeouts are OSErrors
+        orthanc.LogWarning(f"ProgEmu: {method} {path.split('?')[0]} -> node unreachable ({type(exc).__name__})")
+        raise Problem(502, f"the ProgEmu node at {url} is not reachable ({_reason(exc)})") from None
+    log = orthanc.LogInfo if status in (404, 422) else orthanc.LogWarning
+    log(f"ProgEmu: {method} {path.split('?')[0]} -> node answered {status}")
+    if status in (401, 403):
+        raise Problem(502, f"the ProgEmu node at {url} refused the plugin's token (check ProgEmu.Token)")
+    if status == 404:
+        raise Problem(404, detail or "the ProgEmu node does not know this")
+    if 400 <= status < 500:
+        raise Problem(400, detail or f"the ProgEmu node refused the request ({status})")
+    raise Problem(502, f"the ProgEmu node at {url} failed ({status}{': ' + detail if detail else ''})")
+
+
+def _detail(error: urllib.error.HTTPError) -> str:
+    try:
+        detail = json.loads(error.read()).get("detail")
+    except Exception:  # noqa: BLE001 - a body that is not our JSON carries no usable sentence
+        return ""
+    return detail if isinstance(detail, str) else ""
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {SETTINGS['timeout']:g} s"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    return type(reason).__name__
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+def _json_body(request: dict) -> dict:
+    raw = request.get("body") or b""
+    if len(raw) > MAX_BODY_BYTES:
+        raise Problem(400, "the request body is too large")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, 'the request body must be JSON, e.g. {"hypothesis": "the left pleural effusion worsens"}') \
+            from None
+    if not isinstance(body, dict):
+        raise Problem(400, "the request body must be a JSON object")
+    unknown = sorted(set(body) - BODY_FIELDS)
+    if unknown:
+        raise Problem(400, f"unexpected field {unknown[0]!r}: send hypothesis, and optionally seed and cfg_scale")
+    return body
+
+
+def validate(body: dict) -> dict[str, Any]:
+    """What the node gets: the hypothesis, plus seed and guidance scale (given, or the configured default)."""
+    hypothesis = body.get("hypothesis")
+    if not isinstance(hypothesis, str):
+        raise Problem(400, "the hypothesis must be text")
+    folded = " ".join(hypothesis.split())
+    if not folded:
+        raise Problem(400, "the hypothesis is empty: describe the change to show, e.g. 'the effusion worsens'")
+    if len(folded) > SETTINGS["max_length"]:
+        raise Problem(400, f"the hypothesis has {len(folded)} characters; the limit is {SETTINGS['max_length']}")
+    out: dict[str, Any] = {"hypothesis": hypothesis.strip()}
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise Problem(400, "the seed must be a whole number of 0 or more")
+        out["seed"] = seed
+    elif SETTINGS["default_seed"] is not None:
+        out["seed"] = SETTINGS["default_seed"]
+    cfg = body.get("cfg_scale")
+    if cfg is not None:
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) \
+                or not 0.0 <= cfg <= MAX_CFG_SCALE:
+            raise Problem(400, f"the guidance scale must be a number from 0 to {MAX_CFG_SCALE:g}")
+        out["cfg_scale"] = float(cfg)
+    elif SETTINGS["default_cfg_scale"] is not None:
+        out["cfg_scale"] = SETTINGS["default_cfg_scale"]
+    return out
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+@route("GET,POST")
+def study_counterfactuals(request: dict) -> tuple[int, Any]:
+    study_uid = _study_uid(request["groups"][0])
+    if request["method"] == "GET":
+        limit = (request.get("get") or {}).get("limit", "50")
+        if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= 1000:
+            raise Problem(400, "limit must be a whole number from 1 to 1000")
+        query = urllib.parse.urlencode({"study_instance_uid": study_uid, "limit": limit})
+        return _node("GET", f"/v1/counterfactuals?{query}")
+    body = validate(_json_body(request))
+    status, job = _node("POST", "/v1/counterfactuals",
+                        {**body, "study_instance_uid": study_uid, "requester": REQUESTER})
+    orthanc.LogInfo(f"ProgEmu: counterfactual job {job.get('id')} requested ({status})")
+    return status, job
+
+
+@route("GET")
+def counterfactual(request: dict) -> tuple[int, Any]:
+    """The node's job plus, per result series already in Orthanc, its Orthanc id for the UI's links."""
+    _, job = _node("GET", f"/v1/counterfactuals/{request['groups'][0]}")
+    series = []
+    for kind, result in (job.get("results") or {}).items():
+        if isinstance(result, dict) and isinstance(result.get("series_instance_uid"), str):
+            uid = result["series_instance_uid"]
+            series.append({"kind": kind, "uid": uid, "id": _orthanc_series_id(uid)})
+    job["orthanc_series"] = series
+    return 200, job
+
+
+@route("GET")
+def form_config(request: dict) -> tuple[int, Any]:
+    """What the Explorer form needs; never the node's address or token."""
+    return 200, {"suggestions": SETTINGS["suggestions"], "max_hypothesis_length": SETTINGS["max_length"],
+                 "default_seed": SETTINGS["default_seed"], "default_cfg_scale": SETTINGS["default_cfg_scale"],
+                 "max_cfg_scale": MAX_CFG_SCALE, "notice": NOTICE}
+
+
+orthanc.RegisterRestCallback(f"/progemu/studies/({ORTHANC_ID})/counterfactuals", study_counterfactuals)
+orthanc.RegisterRestCallback(f"/progemu/counterfactuals/({JOB_ID})", counterfactual)
+orthanc.RegisterRestCallback("/progemu/config", form_config)
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "explorer.js"), encoding="utf-8") as script:
+    orthanc.ExtendOrthancExplorer(script.read())
+
+orthanc.LogWarning(f"ProgEmu: plugin ready; node at {SETTINGS['node_url']}"
+                   + ("" if SETTINGS["token"] else " (no ProgEmu.Token set: requests will fail)"))
