@@ -156,6 +156,10 @@ class Listener:
         log.info("DICOM listener %s on %s:%d%s", self.config.ae_title, host, port, " (TLS)" if ssl_context else "")
         return host, port
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     def _poll(self) -> None:
         while not self._stop.wait(0.2):
             self.flush()

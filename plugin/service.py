@@ -62,7 +62,7 @@ def readiness(node: Node) -> list[str]:
                 connection.ensure_connection(max_retries=1, timeout=2)
         except Exception as exc:  # noqa: BLE001
             problems.append(f"broker: {type(exc).__name__}")
-    if node.listener is None or node.listener._server is None:
+    if node.listener is None or not node.listener.running:
         problems.append("DICOM listener not running")
     return problems
 
