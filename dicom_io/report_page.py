@@ -19,19 +19,17 @@ import highdicom
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText
 from dicom_io.sc import (
-    _LO_MAX,
     _LT_MAX,
     _ST_MAX,
-    UTF8,
-    _copy_body_part_and_laterality,
     _fit,
     _load_font,
     _source_image_item,
     _to_uint8,
+    synthetic_secondary_capture,
 )
 
 log = logging.getLogger(__name__)
@@ -92,37 +90,10 @@ def build_report_page(
     """
     now = datetime.datetime.now()
     page = render_report_page(prior, prior_pixels, counterfactual_pixels, algorithm=algorithm, text=text, now=now)
-    sc = highdicom.sc.SCImage.from_ref_dataset(
-        ref_dataset=prior,
-        pixel_array=page.pixels,
-        photometric_interpretation="MONOCHROME2",
-        bits_allocated=8,
-        coordinate_system="PATIENT",
-        series_instance_uid=series_instance_uid or highdicom.UID(),
-        series_number=series_number,
-        sop_instance_uid=highdicom.UID(),
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=[algorithm.version, algorithm.software_version],
-        # highdicom needs a value for the PATIENT coordinate system; a page has none, so it is blanked below.
-        patient_orientation=("L", "F"),
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        specific_character_set=UTF8,
-        content_qualification="RESEARCH",
-        series_description=_fit(f"{SYNTHETIC_NOTICE} - {algorithm.name} report page", _LO_MAX),
-        series_date=now.date(),
-        series_time=now.time(),
-        content_date=now.date(),
-        content_time=now.time(),
-    )
-    sc.PatientOrientation = None
-    _copy_body_part_and_laterality(prior, sc)
-    sc.ConversionType = "SYN"  # the page shows a synthetic image; "SYN" says so louder than "WSD" would
-    sc.SecondaryCaptureDeviceManufacturer = algorithm.manufacturer
-    sc.SecondaryCaptureDeviceManufacturerModelName = algorithm.name
-    sc.SecondaryCaptureDeviceSoftwareVersions = [algorithm.version, algorithm.software_version]
-    sc.BurnedInAnnotation = "YES"
+    # the page has no patient orientation of its own
+    sc = synthetic_secondary_capture(prior, page.pixels, algorithm=algorithm, series_number=series_number,
+                                     series_instance_uid=series_instance_uid, label="report page",
+                                     orientation=None, now=now)
     # An identity window: viewers that guess one from the histogram would otherwise shift the "no change" grey.
     sc.WindowCenter, sc.WindowWidth = 128, 256
     sc.ImageComments = _fit(

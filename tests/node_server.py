@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
-from tests.net import free_port, wait_for
+from tests.net import free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 API_TOKEN = "node-test-token"
@@ -50,13 +49,7 @@ class NodeServer:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=30)
         self.process = None
 
     def log_tail(self, lines: int = 60) -> str:

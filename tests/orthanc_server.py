@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 from orthanc_api_client import OrthancApiClient
 
-from tests.net import free_port, wait_for
+from tests.net import free_port, stop_process, wait_for
 
 ORTHANC = "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
@@ -63,13 +62,7 @@ class OrthancServer:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=20)
         self.process = None
 
     def log_tail(self, lines: int = 40) -> str:

@@ -20,7 +20,7 @@ from plugin.config import DEMO_PRIOR, Settings
 from plugin.jobs import JobState, NewJob
 from plugin.node import Node
 from plugin.tasks import CeleryDispatcher, configure
-from tests.net import wait_for
+from tests.net import stop_process, wait_for
 
 REDIS_DB = 11  # a database of its own on the shared server, emptied before use
 BROKER = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -62,11 +62,7 @@ def test_a_job_whose_worker_process_is_killed_finishes_after_redelivery(broker: 
         assert int(done.worker.rsplit(":", 1)[1]) != victim
         assert done.results["interpretation"]
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, timeout=30)
         log.close()
 
 
