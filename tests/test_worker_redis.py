@@ -61,6 +61,13 @@ def test_a_job_whose_worker_process_is_killed_finishes_after_redelivery(broker: 
         assert done.attempts == 2
         assert int(done.worker.rsplit(":", 1)[1]) != victim
         assert done.results["interpretation"]
+        second, _ = node.submit(NewJob(request_id="after", study_instance_uid=prior.StudyInstanceUID,
+                                       hypothesis="The cardiomegaly improves.", sampler=node.default_sampler(),
+                                       source="test"))
+        wait_for(lambda: node.store.get(second.id).state == JobState.DONE, 120, "a second job on the same process")
+        assert node.store.get(second.id).worker == done.worker
+        after_kill = (tmp_path / "worker.log").read_text().split("WorkerLostError", 1)[1]
+        assert after_kill.count("model loaded once for this process") == 1  # two jobs, one load
     finally:
         stop_process(worker, timeout=30)
         log.close()
