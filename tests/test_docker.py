@@ -243,3 +243,13 @@ def test_deployed_subcommand_exists(subcommand: str) -> None:
 
 def test_help_parser_sees_the_existing_subcommands() -> None:
     assert {"counterfactual", "demo"} <= _progemu_subcommands()
+
+
+def test_every_progemu_variable_the_deployment_sets_is_a_setting(compose: dict) -> None:
+    """A misspelt PROGEMU_* variable would be ignored silently by the container; Settings must know each."""
+    from plugin.config import Settings
+
+    fields = {f"PROGEMU_{name.upper()}" for name in Settings.model_fields}
+    for name in PROGEMU_SERVICES:
+        variables = {key for key in compose["services"][name]["environment"] if key.startswith("PROGEMU_")}
+        assert variables and variables <= fields, f"{name}: unknown settings {sorted(variables - fields)}"
