@@ -5,6 +5,8 @@
 #                               Debian package; redone when that script changes
 #   $(VENV)/.stamp-install      torch + the project (editable, with test extras) installed; redone
 #                               when pyproject.toml changes
+#   $(VENV)/.stamp-fhir-server  npm ci of the FHIR test server (tests/fhir_server); redone when its lock
+#                               file changes
 # `make setup` does both; demo, test and lint depend on it.
 
 SHELL := bash
@@ -27,6 +29,7 @@ PIP_FLAGS ?= --disable-pip-version-check $(if $(CI),--progress-bar off) \
 VENV_PY := $(VENV)/bin/python
 SYSTEM_STAMP := $(VENV)/.stamp-system-deps
 INSTALL_STAMP := $(VENV)/.stamp-install
+FHIR_STAMP := $(VENV)/.stamp-fhir-server
 
 .PHONY: help setup system-deps demo test lint clean distclean
 
@@ -37,7 +40,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make clean      remove outputs and caches (keeps $(VENV)); make distclean also removes $(VENV)"
 
-setup: $(INSTALL_STAMP)
+setup: $(INSTALL_STAMP) $(FHIR_STAMP)
 
 system-deps: $(SYSTEM_STAMP)
 
@@ -60,10 +63,15 @@ $(INSTALL_STAMP): pyproject.toml | $(SYSTEM_STAMP) $(VENV_PY)
 	@$(VENV_PY) -c 'import torch; print("installed torch", torch.__version__, "CUDA " + torch.version.cuda if torch.version.cuda else "CPU build")'
 	@touch $@
 
+# Medplum's FHIR router and validator, locked; only the tests use it.
+$(FHIR_STAMP): tests/fhir_server/package-lock.json | $(SYSTEM_STAMP) $(VENV_PY)
+	cd tests/fhir_server && npm ci --no-audit --no-fund
+	@touch $@
+
 demo: $(INSTALL_STAMP)
 	$(VENV)/bin/progemu demo --out out/demo
 
-test: $(INSTALL_STAMP)
+test: $(INSTALL_STAMP) $(FHIR_STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 lint: $(INSTALL_STAMP)

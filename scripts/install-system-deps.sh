@@ -20,6 +20,10 @@ NEEDS=(
   "fonts-dejavu-core /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
   "chromium chromium"
   "chromium-driver chromedriver"
+  "openssl openssl"
+  # the FHIR test server (tests/fhir_server); machines of this kind ship Node.js 20, Debian's is older
+  "nodejs node"
+  "npm npm"
 )
 
 check_only=0

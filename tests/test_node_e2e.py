@@ -1,4 +1,4 @@
-"""End to end against real parts: Orthanc (the PACS), `progemu serve`, DCMTK, and the outbox's fault handling.
+"""End to end against real parts: Orthanc (the PACS), `progemu serve`, a FHIR server, DCMTK, and the outbox.
 
 Orthanc holds the study; a request to the node makes Orthanc send it, the embedded worker
 generates, and the SR and SC come back into the same study in Orthanc.
@@ -10,10 +10,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 
 from tests.dicom_validators import assert_dciodvfy_clean
+from tests.fhir_server import FhirServer, fhir_server  # noqa: F401 - the session fixture
 from tests.net import free_port, wait_for
 from tests.node_server import NodeServer
 from tests.orthanc_server import PASSWORD, USER, OrthancServer
@@ -24,7 +26,7 @@ ROUTE = {"name": "push-chest", "hypothesis": "A small right pleural effusion dev
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory):
+def pacs(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirServer):  # noqa: F811
     workdir = tmp_path_factory.mktemp("e2e")
     node_port, move_node_port = free_port(), free_port()
     orthanc = OrthancServer(workdir / "orthanc", modalities={
@@ -33,7 +35,9 @@ def pacs(tmp_path_factory: pytest.TempPathFactory):
     orthanc.move_node_port = move_node_port
     node = NodeServer(workdir / "node", dicom_port=node_port, env={
         "PROGEMU_PACS_URL": orthanc.url, "PROGEMU_PACS_USERNAME": USER, "PROGEMU_PACS_PASSWORD": PASSWORD,
-        "PROGEMU_PEERS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "PROGEMU_ROUTES": json.dumps([ROUTE])})
+        "PROGEMU_PEERS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "PROGEMU_ROUTES": json.dumps([ROUTE]),
+        "PROGEMU_FHIR_URL": fhir_server.base_url, "PROGEMU_FHIR_VERSION": "R4B"})
+    orthanc.fhir = fhir_server
     try:
         node.start()
         yield orthanc, node, workdir
@@ -55,7 +59,7 @@ def test_request_brings_sr_and_sc_back_into_the_same_study(pacs, tmp_path: Path)
     assert response.status_code == 201, response.text
     job = node.wait_until(response.json()["id"], {"done", "failed"})
     assert job["state"] == "done", (job, node.log_tail())
-    assert [(d["kind"], d["state"]) for d in job["deliveries"]] == [("dicom", "done")]
+    assert [(d["kind"], d["state"]) for d in job["deliveries"]] == [("dicom", "done"), ("fhir", "done")]
     assert job["deliveries"][0]["target"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30,
              "SC, report page and SR in Orthanc")
@@ -68,6 +72,9 @@ def test_request_brings_sr_and_sc_back_into_the_same_study(pacs, tmp_path: Path)
         assert ds.StudyInstanceUID == prior.StudyInstanceUID and ds.PatientID == prior.PatientID
         assert_dciodvfy_clean(tmp_path / f"{kind}.dcm")
     assert job["results"]["settings"]["seed"] == "11"
+    # the FHIR Bundle reached a real FHIR server (R4B output, checked there against the R4 definitions)
+    reports = httpx.get(f"{orthanc.fhir.base_url}/DiagnosticReport").json()["entry"]
+    assert any(job["results"]["interpretation"] in r["resource"].get("conclusion", "") for r in reports)
     again = node.post({"study_instance_uid": prior.StudyInstanceUID, "request_id": "e2e-1",
                        "hypothesis": "The left pleural effusion worsens."})
     assert again.status_code == 200 and again.json()["id"] == job["id"]
