@@ -143,14 +143,14 @@ class JobView:
     @classmethod
     def of(cls, job: Job) -> JobView:
         deliveries = tuple(DeliveryView(d.id, d.kind, d.target, d.state, d.attempts, d.last_error,
-                                        _aware(d.delivered_at)) for d in job.deliveries)
+                                        as_utc(d.delivered_at)) for d in job.deliveries)
         return cls(job.id, job.request_id, job.study_instance_uid, tuple(job.series_instance_uids or ()),
                    job.hypothesis, dict(job.sampler), job.requester, job.source, job.destination,
                    JobState(job.state), job.reason, job.worker, job.attempts, job.results,
-                   _aware(job.created_at), _aware(job.updated_at), deliveries)
+                   as_utc(job.created_at), as_utc(job.updated_at), deliveries)
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite returns naive datetimes; everything we store is UTC."""
     return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
@@ -267,7 +267,7 @@ class JobStore:
         claimed = []
         with self._session.begin() as session:
             for item in session.scalars(query.with_for_update(skip_locked=True)):
-                if _aware(item.next_attempt_at) <= now:
+                if as_utc(item.next_attempt_at) <= now:
                     item.next_attempt_at = now + lease
                     claimed.append(item.id)
         return claimed

@@ -27,7 +27,7 @@ from inference.sampler import SamplerSettings
 from plugin.config import RoutingRule, Settings
 from plugin.counterfactual import DICOM_OUTPUTS, CounterfactualOutputs, CounterfactualService, write_outputs
 from plugin.delivery import DICOM, FHIR, DeliveryError, deliver, retry_delay
-from plugin.jobs import JobState, JobStore, JobView, NewJob
+from plugin.jobs import DeliveryState, JobState, JobStore, JobView, NewJob, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +215,12 @@ class Node:
         if found is None:
             return
         item, job = found
-        if item.state != "pending" or job.results is None:
+        if item.state != DeliveryState.PENDING or job.results is None:
             return
         try:
             deliver(item.kind, item.target, job.results, self.config)
         except (DeliveryError, OSError) as exc:
-            delay = retry_delay(self.config, item.attempts + 1, item.created_at.replace(tzinfo=dt.UTC)
-                                if item.created_at.tzinfo is None else item.created_at)
+            delay = retry_delay(self.config, item.attempts + 1, as_utc(item.created_at))
             log.warning("delivery %d (%s) failed, %s: %s", delivery_id, item.kind,
                         f"retry in {delay.total_seconds():.0f} s" if delay else "giving up", exc)
             self.store.delivery_attempt(delivery_id, error=str(exc), retry_in=delay)
