@@ -227,3 +227,28 @@ def test_dx_storage_class_is_accepted_in_compressed_transfer_syntaxes(tmp_path: 
         assert _pynetdicom_store(node.port, ds) == 0
     [spooled] = node.spool.instances(ds.StudyInstanceUID)
     assert pydicom.dcmread(spooled).file_meta.TransferSyntaxUID == JPEGLSLossless
+
+
+def test_progemu_listen_runs_the_listener_alone(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from tests.net import stop_process
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")}
+    listen = subprocess.Popen([str(Path(sys.executable).parent / "progemu"), "listen", "--dicom-port", str(port),
+                               "--peer", "STORESCU@127.0.0.1:104", "--data-dir", str(tmp_path / "data")],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1",
+                                str(port)).returncode == 0, 60, "progemu listen to answer C-ECHO")
+        ds = _image()
+        sent = _dcmtk("storescu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(port),
+                      str(write(ds, tmp_path / "in.dcm")))
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        stop_process(listen, timeout=30)
+    spooled = tmp_path / "data" / "spool" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    assert pydicom.dcmread(spooled).SOPInstanceUID == ds.SOPInstanceUID
+    assert listen.returncode == 0  # SIGTERM stops it cleanly
