@@ -23,7 +23,7 @@ from inference.errors import HypothesisError, SamplerSettingsError
 from inference.hypothesis import normalise_hypothesis
 from inference.sampler import SamplerSettings
 from plugin import __version__
-from plugin.jobs import JobState, NewJob
+from plugin.jobs import DeliveryView, JobState, NewJob
 from plugin.node import Node
 from plugin.retrieval import RetrievalError, Retriever
 
@@ -49,16 +49,6 @@ class CounterfactualRequest(BaseModel):
     top_p: float | None = None
 
 
-class DeliveryOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    kind: str
-    target: str
-    state: str
-    attempts: int
-    last_error: str | None
-    delivered_at: dt.datetime | None
-
-
 class CounterfactualOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
@@ -73,7 +63,7 @@ class CounterfactualOut(BaseModel):
     reason: str | None
     attempts: int
     results: dict[str, Any] | None
-    deliveries: list[DeliveryOut]
+    deliveries: list[DeliveryView]
     created_at: dt.datetime
     updated_at: dt.datetime
 
