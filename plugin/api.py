@@ -25,7 +25,7 @@ from inference.sampler import SamplerSettings
 from plugin import __version__
 from plugin.jobs import DeliveryView, JobState, NewJob
 from plugin.node import Node
-from plugin.retrieval import RetrievalError, Retriever
+from plugin.retrieval import RetrievalError
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _check_study(node: Node, study_uid: str) -> None:
     """404 for a study that neither the node nor the PACS holds; 502 when the PACS cannot be asked."""
     if node.spool.has_study(study_uid):
         return
-    retriever = Retriever(node.config)
+    retriever = node.retriever
     if not retriever.configured:
         raise HTTPException(404, "the study has not been received and no PACS is configured to retrieve it from")
     try:

@@ -57,6 +57,9 @@ class Node:
         self.spool = Spool(config.data_dir / "spool", config.spool_max_bytes)
         self.results_dir = config.data_dir / "results"
         self.listener = None  # set by `progemu serve`/`listen`: the in-process listener, if any
+        from plugin.retrieval import Retriever
+
+        self.retriever = Retriever(config)  # one PACS client per process, not one per request
         self._service: CounterfactualService | None = None
         self._service_lock = threading.Lock()
         self._generate_lock = threading.Lock()
@@ -101,13 +104,13 @@ class Node:
 
     def retrieve(self, job_id: str) -> None:
         """Have the PACS send the study (a Celery io task calls this; transient errors are retried)."""
-        from plugin.retrieval import Retriever, StudyNotFound
+        from plugin.retrieval import StudyNotFound
 
         job = self.store.get(job_id)
         if job is None or job.state != JobState.RECEIVING:
             return
         try:
-            series = Retriever(self.config).request(job.study_instance_uid, job.series_instance_uids)
+            series = self.retriever.request(job.study_instance_uid, job.series_instance_uids)
         except StudyNotFound as exc:
             self.fail(job_id, str(exc))
             return
