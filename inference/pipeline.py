@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from inference.composition import Composition, compose
 from inference.engines.base import CancelCheck, Engine, ProgressCallback
 from inference.errors import HypothesisError
 from inference.hypothesis import clean_text, normalise_hypothesis
@@ -45,8 +46,12 @@ class Counterfactual:
     """One generated follow-up: images are float32 [S, S] in [0, 1] at the model's image size."""
 
     image: np.ndarray
+    """The delivered counterfactual: ``decoded`` composed onto the prior (``composition``)."""
+    decoded: np.ndarray
+    """The VQ decoder's image of the generated codes."""
     prior_reconstruction: np.ndarray
-    """The prior as the VQ tokenizer sees it: the fair baseline for a difference map."""
+    """The prior as the VQ tokenizer sees it: the baseline the model's change is measured from."""
+    composition: Composition
     hypothesis: str
     interpretation: str
     settings: SamplerSettings
@@ -62,10 +67,12 @@ class Counterfactual:
 class CounterfactualPipeline:
     """Runs ProgEmu's sequence: encode the prior, prompt, generate, decode image and text."""
 
-    def __init__(self, model: GenerativeModel, engine: Engine, *, max_hypothesis_chars: int = 500) -> None:
+    def __init__(self, model: GenerativeModel, engine: Engine, *, max_hypothesis_chars: int = 500,
+                 composition: Composition = Composition.RESIDUAL) -> None:
         self.model = model
         self.engine = engine
         self.max_hypothesis_chars = max_hypothesis_chars
+        self.composition = Composition(composition)
 
     @property
     def image_size(self) -> int:
@@ -79,7 +86,8 @@ class CounterfactualPipeline:
         size = self.image_size
         if prior.shape != (size, size):
             raise ValueError(f"the prior must be {size}x{size} for this model, not {prior.shape}")
-        codes = model.vision.encode(np.clip(prior, 0.0, 1.0)[None].astype(np.float32))[0]
+        prior = np.clip(prior, 0.0, 1.0).astype(np.float32)
+        codes = model.vision.encode(prior[None])[0]
         grid = codes.shape[0]
         prompts = model.prompts
         cond = prompts.conditional_prompt(codes, hypothesis)
@@ -96,4 +104,6 @@ class CounterfactualPipeline:
         interpretation = clean_text(model.tokenizer.decode(text_ids, skip_special_tokens=True))
         seconds = time.perf_counter() - started
         log.info("generated %d tokens in %.2f s with the %s engine", len(generated), seconds, self.engine.name)
-        return Counterfactual(decoded[0], decoded[1], hypothesis, interpretation, settings, tuple(generated), seconds)
+        image = compose(prior, decoded[0], decoded[1], self.composition)
+        return Counterfactual(image, decoded[0], decoded[1], self.composition, hypothesis, interpretation, settings,
+                              tuple(generated), seconds)

@@ -37,6 +37,8 @@ def _add_sampler_options(parser: argparse.ArgumentParser, *, with_out: bool = Tr
     parser.add_argument("--top-p", type=float, help="nucleus sampling threshold")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     parser.add_argument("--fhir-version", choices=("R5", "R4B"), help="FHIR release of fhir.json")
+    parser.add_argument("--composition", choices=("residual", "decoded"),
+                        help="residual (default): the prior plus the model's change; decoded: the decoder's image")
     parser.add_argument("--engine", choices=("auto", "torch", "onnx"),
                         help="generation engine (default auto: ONNX when an export sits next to the checkpoint)")
 
@@ -177,7 +179,7 @@ def _configure_logging(verbosity: int) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {"model_path": args.model, "fhir_version": getattr(args, "fhir_version", None),
-                 "engine": getattr(args, "engine", None)}
+                 "engine": getattr(args, "engine", None), "composition": getattr(args, "composition", None)}
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     top_k: int = Field(20, ge=0, description="default top-k (0 = off)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="default nucleus sampling threshold")
     temperature: float = Field(0.5, ge=0.0, description="default temperature (0 = greedy)")
+    composition: Literal["residual", "decoded"] = Field(
+        "residual", description="residual: the prior plus the model's change (keeps the patient's pixels and full "
+        "resolution outside the change); decoded: the VQ decoder's image as it is")
     fhir_version: Literal["R5", "R4B"] = Field("R5", description="FHIR release of the output Bundle")
 
     # --- the DICOM node: progemu serve / listen / worker -------------------------------------------

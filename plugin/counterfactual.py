@@ -24,6 +24,7 @@ from dicom_io.records import AlgorithmRecord, CounterfactualText
 from dicom_io.report_page import build_report_page
 from dicom_io.sc import build_counterfactual_sc
 from dicom_io.sr import build_counterfactual_sr
+from inference.composition import baseline, compose
 from inference.engines.base import CancelCheck, ProgressCallback
 from inference.pipeline import Counterfactual, CounterfactualPipeline
 from inference.sampler import SamplerSettings
@@ -57,7 +58,7 @@ def algorithm_record(pipeline: CounterfactualPipeline, settings: SamplerSettings
     model = pipeline.model
     device_uid = generate_uid(entropy_srcs=[model.spec.name, model.spec.version, model.checkpoint_sha256])
     parameters = {**settings.as_parameters(), "engine": pipeline.engine.name,
-                  "image_size": str(model.spec.image_size)}
+                  "image_size": str(model.spec.image_size), "composition": str(pipeline.composition)}
     return AlgorithmRecord(name=model.spec.name, version=model.spec.version,
                            checkpoint_sha256=model.checkpoint_sha256, software_version=__version__,
                            device_uid=device_uid, parameters=parameters)
@@ -75,7 +76,9 @@ class CounterfactualService:
         prior = read_prior(prior_source, max_pixels=self.config.max_image_pixels)
         square, box = to_square(prior.pixels, self.pipeline.image_size)
         result = self.pipeline.run(square, hypothesis, settings, progress=progress, cancel=cancel)
-        counterfactual = from_square(result.image, box)
+        # Composed again at the source geometry, so that residual composition keeps the prior's full resolution.
+        reconstruction = from_square(result.prior_reconstruction, box)
+        counterfactual = compose(prior.pixels, from_square(result.decoded, box), reconstruction, result.composition)
         algorithm = algorithm_record(self.pipeline, settings)
         text = CounterfactualText(hypothesis=result.hypothesis, interpretation=result.interpretation)
         sc = build_counterfactual_sc(prior.dataset, counterfactual, algorithm=algorithm, text=text)
@@ -84,7 +87,8 @@ class CounterfactualService:
                                  counterfactual_sop_instance_uid=sc.SOPInstanceUID)
         fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text,
                                  fhir_version=self.config.fhir_version)
-        preview = render_preview(prior.pixels, counterfactual, baseline=from_square(result.prior_reconstruction, box),
+        preview = render_preview(prior.pixels, counterfactual,
+                                 baseline=baseline(prior.pixels, reconstruction, result.composition),
                                  hypothesis=result.hypothesis, interpretation=result.interpretation)
         log.info("counterfactual SC %s and SR %s built", sc.SOPInstanceUID, sr.SOPInstanceUID)
         return CounterfactualOutputs(sc, sr, page, fhir, preview, result, algorithm)

@@ -40,9 +40,10 @@ def render_preview(prior: np.ndarray, counterfactual: np.ndarray, *, hypothesis:
                    baseline: np.ndarray | None = None, notice: str = NOTICE) -> Image.Image:
     """Three panels of equal height, titled, over a caption with the hypothesis, interpretation and notice.
 
-    The difference is taken against ``baseline`` when given: the prior as the
-    model's image tokenizer reproduces it, so that the map shows what the model
-    changed rather than what its tokenizer cannot represent.
+    The difference is taken against ``baseline`` when given (see
+    ``inference.composition.baseline``): for a decoded image, the prior as the
+    model's tokenizer reproduces it, so that the map shows what the model changed
+    rather than what its tokenizer cannot represent.
     """
     baseline = prior if baseline is None else baseline
     panels = [_gray_panel(prior, PANEL_HEIGHT), _gray_panel(counterfactual, PANEL_HEIGHT)]

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from fhir.resources.bundle import Bundle
 
+from dicom_io.reader import read_prior
 from dicom_io.records import SYNTHETIC_NOTICE
 from dicom_io.synthetic import build_synthetic_image
 from plugin.cli import main
@@ -18,6 +19,7 @@ from tests.dicom_fixtures import chest_pixels, write
 from tests.dicom_validators import assert_dciodvfy_clean, dsrdump_text
 
 PATIENT = {"patient_name": "DOE^JANE", "patient_id": "MRN-778899", "patient_birth_date": "19510203"}
+DEMO_PRIOR = Path(__file__).parents[1] / "plugin" / "assets" / "demo_prior.dcm"
 OUTPUTS = ("counterfactual.dcm", "report.dcm", "report_page.dcm", "fhir.json", "preview.png")
 
 
@@ -45,13 +47,27 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert_dciodvfy_clean(out / "report_page.dcm")
     report = dsrdump_text(out / "report.dcm")
     assert "pleural effusion has developed" in report and "seed=1" in report
-    sc, prior_ds = pydicom.dcmread(out / "counterfactual.dcm"), pydicom.dcmread(
-        Path(__file__).parents[1] / "plugin" / "assets" / "demo_prior.dcm")
+    sc, prior_ds = pydicom.dcmread(out / "counterfactual.dcm"), pydicom.dcmread(DEMO_PRIOR)
     assert sc.StudyInstanceUID == prior_ds.StudyInstanceUID and sc.SeriesInstanceUID != prior_ds.SeriesInstanceUID
     assert (sc.Rows, sc.Columns) == (prior_ds.Rows, prior_ds.Columns)
     assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and SYNTHETIC_NOTICE in sc.ImageComments
     bundle = json.loads((out / "fhir.json").read_text())
     assert Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)["type"] == "collection"
+    # Residual composition: outside the hypothesised change the SC carries the prior's own pixels at full resolution.
+    assert "composition=residual" in report
+    assert _share_of_prior_pixels(sc, DEMO_PRIOR) > 0.6
+
+
+def _share_of_prior_pixels(sc: pydicom.Dataset, prior: Path) -> float:
+    own = np.rint(read_prior(prior, max_pixels=10**8).pixels * 255.0)
+    return float((sc.pixel_array == own).mean())
+
+
+def test_decoded_composition_delivers_the_decoder_image(tmp_path: Path) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--seed", "1", "--composition", "decoded"]) == 0
+    assert "composition=decoded" in dsrdump_text(tmp_path / "report.dcm")
+    # The VQ decoder reproduces the prior only approximately: hardly a pixel keeps its value.
+    assert _share_of_prior_pixels(pydicom.dcmread(tmp_path / "counterfactual.dcm"), DEMO_PRIOR) < 0.2
 
 
 def test_same_seed_gives_byte_identical_pixels(prior: Path, tmp_path: Path, small_checkpoint: Path) -> None:

@@ -1,8 +1,19 @@
 """Evaluation metrics on known inputs."""
 
 import numpy as np
+import pytest
 
-from inference.evaluation.metrics import aligned, auroc, bleu3, finding_f1, masked_psnr, masked_ssim, meteor, rouge_l
+from inference.evaluation.metrics import (
+    aligned,
+    auroc,
+    bleu3,
+    finding_f1,
+    masked_psnr,
+    masked_ssim,
+    meteor,
+    pooled_psnr,
+    rouge_l,
+)
 from inference.evaluation.text_findings import FindingTuple, extract
 
 REF = "The left basal opacity has increased: the left pleural effusion has worsened from small to moderate."
@@ -37,6 +48,10 @@ def test_identical_image_gives_ssim_one_and_infinite_psnr() -> None:
     assert masked_psnr(image, image, keep) == float("inf")
     noisy = np.clip(image + 0.1, 0, 1)
     assert masked_ssim(image, noisy, keep) < 1.0 and masked_psnr(image, noisy, keep) < 25
+    # Pooled over images, an identical one adds zero error instead of making the mean infinite.
+    assert pooled_psnr([20.0, 20.0]) == pytest.approx(20.0)
+    assert pooled_psnr([20.0, float("inf")]) == pytest.approx(20.0 + 10 * np.log10(2))
+    assert pooled_psnr([float("inf")]) == float("inf")
 
 
 def test_mask_excludes_the_changed_region() -> None:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from inference.composition import Composition
 from inference.engines.torch_engine import TorchEngine
 from inference.errors import HypothesisError
 from inference.model import ProgEmuModel
@@ -25,7 +26,9 @@ def test_run_returns_image_and_text(pipeline: CounterfactualPipeline) -> None:
     out = pipeline.run(prior(), "  mild right effusion develops ", SamplerSettings(seed=4, max_text_tokens=10))
     assert out.image.shape == (64, 64) and out.image.dtype == np.float32
     assert 0.0 <= out.image.min() and out.image.max() <= 1.0
-    assert out.prior_reconstruction.shape == (64, 64)
+    assert out.prior_reconstruction.shape == out.decoded.shape == (64, 64)
+    # Residual composition (the default): the prior plus the model's change, nothing else.
+    np.testing.assert_allclose(out.image, np.clip(prior() + out.decoded - out.prior_reconstruction, 0, 1), atol=1e-6)
     assert out.hypothesis == "mild right effusion develops"
     assert isinstance(out.interpretation, str)
     image_tokens = pipeline.model.layout.image_tokens_length(8, 8)
@@ -39,6 +42,17 @@ def test_same_seed_gives_identical_pixels(pipeline: CounterfactualPipeline) -> N
     c = pipeline.run(prior(), "cardiomegaly worsens", SamplerSettings(seed=10, max_text_tokens=4))
     assert a.image.tobytes() == b.image.tobytes() and a.interpretation == b.interpretation
     assert a.image.tobytes() != c.image.tobytes()
+
+
+def test_decoded_composition_delivers_the_decoder_image(small_model: ProgEmuModel) -> None:
+    engine = TorchEngine(small_model.text_model, small_model.lm_head)
+    settings = SamplerSettings(seed=4, max_text_tokens=4)
+    decoded = CounterfactualPipeline(small_model, engine, composition=Composition.DECODED).run(
+        prior(), "effusion develops", settings)
+    residual = CounterfactualPipeline(small_model, engine).run(prior(), "effusion develops", settings)
+    assert decoded.composition is Composition.DECODED and residual.composition is Composition.RESIDUAL
+    assert np.array_equal(decoded.image, decoded.decoded)
+    assert decoded.tokens == residual.tokens and np.array_equal(decoded.decoded, residual.decoded)
 
 
 def test_wrong_size_and_bad_hypothesis_are_refused(pipeline: CounterfactualPipeline) -> None:

@@ -11,7 +11,14 @@ from inference.model import load_progemu
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.small_vq import SmallVQConfig
 from inference.text_tokenizer import build_byte_tokenizer
-from inference.training.lm import LMTrainConfig, TokenisedPairs, train_language_model
+from inference.training.lm import (
+    LMTrainConfig,
+    TokenisedPairs,
+    _batch,
+    build_language_model,
+    train_language_model,
+    weighted_loss,
+)
 from inference.training.run import TrainConfig, train_demo_model
 from inference.training.vq import VQTrainConfig
 
@@ -38,6 +45,25 @@ def test_a_few_steps_lower_the_loss(pairs, tmp_path: Path) -> None:  # noqa: ANN
                          progress=lambda done, total, loss: losses.append(loss))
     assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
     assert (tmp_path / "lm_loss.png").stat().st_size > 1000 and (tmp_path / "lm_history.json").exists()
+
+
+def test_changed_tokens_carry_their_weight(pairs) -> None:  # noqa: ANN001
+    data, prompts, vocab = pairs
+    indices, drop = np.array([0, 1]), np.array([False, True])
+    ids, labels, mask, weights = _batch(data, indices, drop, prompts, changed_token_weight=4.0)
+    # Row 0 (conditional): exactly the follow-up codes that differ from the prior's weigh 4, at their own tokens.
+    heavy = (weights[0] == 4.0).nonzero().flatten()
+    changed = int((data.prior_codes[0] != data.followup_codes[0]).sum())
+    assert len(heavy) == changed > 0
+    visual = prompts.layout.visual_offset
+    assert set((ids[0, heavy] - visual).tolist()) == {3}
+    assert bool((labels[0, heavy] == ids[0, heavy]).all())
+    assert bool((weights[1] == 1.0).all())  # the null prompt has no prior to differ from
+    # Weight 1 is the plain mean, the loss transformers computes itself.
+    model = build_language_model(LMTrainConfig(**TINY_LM), prompts, vocab)
+    plain = _batch(data, indices, drop, prompts)
+    output = model(input_ids=plain[0], attention_mask=plain[2], labels=plain[1])
+    torch.testing.assert_close(weighted_loss(output.logits, plain[1], plain[3]), output.loss)
 
 
 def test_resume_gives_the_same_weights(pairs, tmp_path: Path) -> None:  # noqa: ANN001

@@ -16,9 +16,20 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from inference.composition import baseline
 from inference.data.dataset import Dataset
 from inference.data.phantom import finding_mask, measure_findings
-from inference.evaluation.metrics import aligned, auroc, bleu3, finding_f1, masked_psnr, masked_ssim, meteor, rouge_l
+from inference.evaluation.metrics import (
+    aligned,
+    auroc,
+    bleu3,
+    finding_f1,
+    masked_psnr,
+    masked_ssim,
+    meteor,
+    pooled_psnr,
+    rouge_l,
+)
 from inference.pipeline import CounterfactualPipeline
 from inference.sampler import SamplerSettings
 
@@ -44,8 +55,13 @@ class Outcome:
     step: float
     aligned: bool
     ssim_outside: float
+    """The delivered image (the pipeline's composition) against the prior."""
     psnr_outside: float
+    ssim_outside_decoded: float
+    """The decoder's image against the prior: what the tokenizer and the model preserve on their own."""
+    psnr_outside_decoded: float
     ssim_outside_vs_reconstruction: float
+    """The decoder's image against the prior's reconstruction: what the language model alone preserves."""
 
 
 def measurement_key(labels: dict) -> str:
@@ -80,8 +96,8 @@ def _evaluate_setting(pipeline: CounterfactualPipeline, dataset: Dataset, record
         prior, follow = dataset.image(entry, "prior"), dataset.image(entry, "follow-up")
         result = pipeline.run(prior, entry["progression-description"], settings)
         key = measurement_key(labels)
-        baseline = measure_findings(result.prior_reconstruction, plan.anatomy)[key]
-        change = measure_findings(result.image, plan.anatomy)[key] - baseline
+        reference = baseline(prior, result.prior_reconstruction, result.composition)
+        change = measure_findings(result.image, plan.anatomy)[key] - measure_findings(reference, plan.anatomy)[key]
         expected = measure_findings(follow, plan.anatomy)[key] - measure_findings(prior, plan.anatomy)[key]
         step = steps.get(labels["finding"], abs(expected) or 1.0)
         keep = ~finding_mask(plan.anatomy, plan.prior, plan.followup, prior.shape[0])
@@ -89,7 +105,8 @@ def _evaluate_setting(pipeline: CounterfactualPipeline, dataset: Dataset, record
             entry["id"], labels["finding"], labels["direction"], entry["progression-description"],
             entry["changes-of-findings"], result.interpretation, change, expected, step,
             aligned(labels["direction"], change, step), masked_ssim(prior, result.image, keep),
-            masked_psnr(prior, result.image, keep), masked_ssim(result.prior_reconstruction, result.image, keep)))
+            masked_psnr(prior, result.image, keep), masked_ssim(prior, result.decoded, keep),
+            masked_psnr(prior, result.decoded, keep), masked_ssim(result.prior_reconstruction, result.decoded, keep)))
         examples.append((prior, result.image, follow, entry["progression-description"], result.interpretation))
         if progress is not None:
             progress(i + 1, len(records))
@@ -105,9 +122,9 @@ def summarise(outcomes: list[Outcome]) -> dict[str, float]:
         "n": len(outcomes),
         "alignment_accuracy": float(np.mean([o.aligned for o in outcomes])),
         "alignment_auroc": auroc(positive, negative),
-        "ssim_outside": float(np.mean([o.ssim_outside for o in outcomes])),
-        "psnr_outside": float(np.mean([o.psnr_outside for o in outcomes])),
-        "ssim_outside_vs_reconstruction": float(np.mean([o.ssim_outside_vs_reconstruction for o in outcomes])),
+        **{key: float(np.mean([getattr(o, key) for o in outcomes]))
+           for key in ("ssim_outside", "ssim_outside_decoded", "ssim_outside_vs_reconstruction")},
+        **{key: pooled_psnr([getattr(o, key) for o in outcomes]) for key in ("psnr_outside", "psnr_outside_decoded")},
         "bleu3": bleu3(references, candidates),
         "meteor": meteor(references, candidates),
         "rouge_l": rouge_l(references, candidates),
@@ -116,8 +133,11 @@ def summarise(outcomes: list[Outcome]) -> dict[str, float]:
 
 
 TABLE_ROWS = (("alignment accuracy", "alignment_accuracy"), ("alignment AUROC", "alignment_auroc"),
-              ("SSIM outside change (vs prior)", "ssim_outside"), ("PSNR outside change (dB)", "psnr_outside"),
-              ("SSIM outside change (vs VQ reconstruction)", "ssim_outside_vs_reconstruction"),
+              ("SSIM outside change, delivered vs prior", "ssim_outside"),
+              ("PSNR outside change, delivered vs prior (dB)", "psnr_outside"),
+              ("SSIM outside change, decoded vs prior", "ssim_outside_decoded"),
+              ("PSNR outside change, decoded vs prior (dB)", "psnr_outside_decoded"),
+              ("SSIM outside change, decoded vs VQ reconstruction", "ssim_outside_vs_reconstruction"),
               ("finding-level F1", "finding_f1"), ("BLEU-3", "bleu3"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"))
 
 
@@ -164,7 +184,8 @@ def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, l
         if name.startswith("CFG") and name != "CFG off":
             example_grid(examples, out / "examples.png")
     report = {"model": {"name": pipeline.model.spec.name, "version": pipeline.model.spec.version,
-                        "checkpoint_sha256": pipeline.model.checkpoint_sha256, "engine": pipeline.engine.name},
+                        "checkpoint_sha256": pipeline.model.checkpoint_sha256, "engine": pipeline.engine.name,
+                        "composition": str(pipeline.composition)},
               "data": {"root": str(dataset.root), "seed": dataset.seed, "split": "test", "records": len(records)},
               "sampler": sampler.as_parameters(),
               "one_grade_steps": steps, "results": results, "per_record": details}

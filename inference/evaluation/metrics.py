@@ -70,6 +70,12 @@ def masked_psnr(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
+def pooled_psnr(psnrs: Sequence[float]) -> float:
+    """PSNR of the mean squared error over many images: finite when some of them are identical (PSNR inf)."""
+    mse = float(np.mean([10 ** (-p / 10) for p in psnrs]))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
 def auroc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> float:
     """Area under the ROC curve as the Mann-Whitney U statistic over all positive/negative pairs."""
     if not positive_scores or not negative_scores:
