@@ -68,7 +68,7 @@ class CounterfactualPipeline:
     """Runs ProgEmu's sequence: encode the prior, prompt, generate, decode image and text."""
 
     def __init__(self, model: GenerativeModel, engine: Engine, *, max_hypothesis_chars: int = 500,
-                 composition: Composition = Composition.RESIDUAL) -> None:
+                 composition: Composition | str = Composition.RESIDUAL) -> None:
         self.model = model
         self.engine = engine
         self.max_hypothesis_chars = max_hypothesis_chars

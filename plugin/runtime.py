@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 from inference.checkpoint import ONNX_DIR, checkpoint_identity
-from inference.composition import Composition
 from inference.errors import CheckpointError
 from inference.pipeline import CounterfactualPipeline
 from inference.sampler import SamplerSettings
@@ -44,14 +43,14 @@ def load_pipeline(config: Settings) -> CounterfactualPipeline:
         if model.checkpoint_sha256 != checkpoint_identity(config.model_path):
             raise CheckpointError(f"the ONNX export in {export} was made from another checkpoint; export again")
         return CounterfactualPipeline(model, OnnxEngine(model), max_hypothesis_chars=config.max_hypothesis_chars,
-                                      composition=Composition(config.composition))
+                                      composition=config.composition)
     from inference.engines.torch_engine import TorchEngine
     from inference.model import load_progemu
 
     model = load_progemu(config.model_path, device=device)
     return CounterfactualPipeline(model, TorchEngine(model.text_model, model.lm_head),
                                   max_hypothesis_chars=config.max_hypothesis_chars,
-                                  composition=Composition(config.composition))
+                                  composition=config.composition)
 
 
 def load_service(config: Settings) -> CounterfactualService:
