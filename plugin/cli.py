@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -17,6 +18,9 @@ from inference.errors import InferenceError
 from inference.sampler import SamplerSettings
 from plugin import __version__
 from plugin.config import DEMO_PRIOR, Settings
+
+if TYPE_CHECKING:
+    from inference.training.run import TrainConfig
 
 log = logging.getLogger("progemu")
 
@@ -84,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--work", type=Path, help="resumable state, loss history and curves (default: OUT.work)")
     train.add_argument("--vq-steps", type=int)
     train.add_argument("--lm-steps", type=int)
+    train.add_argument("--changed-token-weight", type=float,
+                       help="loss weight of follow-up codes that differ from the prior's (default 1: a plain mean)")
     train.add_argument("--seed", type=int, default=0)
 
     evaluate = commands.add_parser("evaluate", help="score a model on a dataset's held-out split, CFG on and off")
@@ -282,16 +288,25 @@ def _make_dataset(args: argparse.Namespace) -> None:
     print(f"wrote {len(records)} records ({len(records) - test} train, {test} held out) to {args.out}")
 
 
-def _train(args: argparse.Namespace) -> None:
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The recipe's defaults with what the command line overrides."""
     import dataclasses
 
-    from inference.training.run import TrainConfig, train_demo_model
+    from inference.training.run import TrainConfig
 
     config = TrainConfig()
-    config = dataclasses.replace(
+    weight = config.lm.changed_token_weight if args.changed_token_weight is None else args.changed_token_weight
+    return dataclasses.replace(
         config,
         vq=dataclasses.replace(config.vq, steps=args.vq_steps or config.vq.steps, seed=args.seed),
-        lm=dataclasses.replace(config.lm, steps=args.lm_steps or config.lm.steps, seed=args.seed))
+        lm=dataclasses.replace(config.lm, steps=args.lm_steps or config.lm.steps, seed=args.seed,
+                               changed_token_weight=weight))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from inference.training.run import train_demo_model
+
+    config = train_config(args)
     work = args.work or args.out.with_name(args.out.name + ".work")
     started = time.perf_counter()
     identity = train_demo_model(args.data, args.out, work, config, progress=_Bar())

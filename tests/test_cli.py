@@ -14,7 +14,7 @@ from fhir.resources.bundle import Bundle
 from dicom_io.reader import read_prior
 from dicom_io.records import SYNTHETIC_NOTICE
 from dicom_io.synthetic import build_synthetic_image
-from plugin.cli import main
+from plugin.cli import build_parser, main, train_config
 from tests.dicom_fixtures import chest_pixels, write
 from tests.dicom_validators import assert_dciodvfy_clean, dsrdump_text
 
@@ -166,3 +166,12 @@ def test_no_phi_in_logs(prior: Path, tmp_path: Path, small_checkpoint: Path,
     for value in ("DOE", "JANE", "MRN-778899", "19510203"):
         assert value not in logged
     assert np.frombuffer(pydicom.dcmread(tmp_path / "o" / "counterfactual.dcm").PixelData, np.uint8).size > 0
+
+
+def test_train_options_override_only_what_they_name() -> None:
+    default = train_config(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
+    assert default.lm.changed_token_weight == 1.0 and default.version.startswith("progemu-demo-")
+    config = train_config(build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--lm-steps", "7", "--changed-token-weight", "4", "--seed", "3"]))
+    assert (config.lm.steps, config.lm.changed_token_weight, config.lm.seed, config.vq.seed) == (7, 4.0, 3, 3)
+    assert config.vq.steps == default.vq.steps and config.lm.batch_size == default.lm.batch_size

@@ -34,9 +34,17 @@ def test_evaluate_writes_both_settings_and_every_record(small_model: ProgEmuMode
         assert np.isfinite(summary["psnr_outside_decoded"])
         if composition is Composition.DECODED:  # the delivered image is the decoded one
             assert summary["ssim_outside"] == summary["ssim_outside_decoded"]
+        counts = report["alignment_breakdown"][name]
+        aligned = round(summary["alignment_accuracy"] * 2)
+        for field in ("finding", "direction"):  # every record counted once, its aligned ones among them
+            assert sum(total for _, total in counts[field].values()) == 2
+            assert sum(hits for hits, _ in counts[field].values()) == aligned
+        record = report["per_record"][name][0]
+        assert counts["finding"][record["finding"]][1] >= 1 and counts["direction"][record["direction"]][1] >= 1
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {name: sorted(summary) for name, summary in written["results"].items()} == {
         name: sorted(summary) for name, summary in report["results"].items()}
     table = (tmp_path / "eval" / "metrics.md").read_text()
     assert "| metric | CFG 2 | CFG off |" in table and "SSIM outside change, delivered vs prior" in table
+    assert "| aligned, by finding | CFG 2 | CFG off |" in table and "| aligned, by direction |" in table
     assert (tmp_path / "eval" / "examples.png").stat().st_size > 1000

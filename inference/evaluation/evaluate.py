@@ -141,11 +141,29 @@ TABLE_ROWS = (("alignment accuracy", "alignment_accuracy"), ("alignment AUROC", 
               ("finding-level F1", "finding_f1"), ("BLEU-3", "bleu3"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"))
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
+def alignment_breakdown(outcomes: list[Outcome]) -> dict[str, dict[str, list[int]]]:
+    """Aligned and total records per finding and per direction: where a model falls short, not only by how much."""
+    breakdown: dict[str, dict[str, list[int]]] = {"finding": {}, "direction": {}}
+    for outcome in outcomes:
+        for field, counts in breakdown.items():
+            tally = counts.setdefault(getattr(outcome, field), [0, 0])
+            tally[0] += int(outcome.aligned)
+            tally[1] += 1
+    return {field: dict(sorted(counts.items())) for field, counts in breakdown.items()}
+
+
+def markdown_table(results: dict[str, dict[str, float]],
+                   breakdowns: dict[str, dict[str, dict[str, list[int]]]]) -> str:
     names = list(results)
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    header = " | ".join(names) + " |"
+    lines = ["| metric | " + header, "|---|" + "---|" * len(names)]
     for label, key in TABLE_ROWS:
         lines.append(f"| {label} | " + " | ".join(f"{results[n][key]:.3f}" for n in names) + " |")
+    for field in ("finding", "direction"):
+        lines += ["", f"| aligned, by {field} | " + header, "|---|" + "---|" * len(names)]
+        for value in breakdowns[names[0]][field]:
+            lines.append(f"| {value} | " + " | ".join(
+                "{}/{}".format(*breakdowns[n][field][value]) for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -174,12 +192,13 @@ def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, l
     records = dataset.split("test")[:limit]
     steps = _one_grade_steps(dataset, dataset.split("test"))
     settings = {f"CFG {sampler.cfg_scale:g}": sampler, "CFG off": dataclasses.replace(sampler, cfg_scale=1.0)}
-    results, details = {}, {}
+    results, breakdowns, details = {}, {}, {}
     for name, setting in settings.items():
         outcomes, examples = _evaluate_setting(
             pipeline, dataset, records, setting, steps,
             (lambda done, total, name=name: progress(name, done, total)) if progress else None)
         results[name] = summarise(outcomes)
+        breakdowns[name] = alignment_breakdown(outcomes)
         details[name] = [o.__dict__ for o in outcomes]
         if name.startswith("CFG") and name != "CFG off":
             example_grid(examples, out / "examples.png")
@@ -188,7 +207,8 @@ def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, l
                         "composition": str(pipeline.composition)},
               "data": {"root": str(dataset.root), "seed": dataset.seed, "split": "test", "records": len(records)},
               "sampler": sampler.as_parameters(),
-              "one_grade_steps": steps, "results": results, "per_record": details}
+              "one_grade_steps": steps, "results": results, "alignment_breakdown": breakdowns,
+              "per_record": details}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "metrics.md").write_text(markdown_table(results))
+    (out / "metrics.md").write_text(markdown_table(results, breakdowns))
     return report

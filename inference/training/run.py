@@ -36,7 +36,7 @@ class TrainConfig:
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
     vq_images: int = 8000
     """Images the VQ stage samples from (priors and follow-ups of the training split)."""
-    version: str = "progemu-demo-0.3"
+    version: str = "progemu-demo-0.2"
 
 
 def _training_images(dataset: Dataset, limit: int) -> np.ndarray:
