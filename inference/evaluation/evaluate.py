@@ -155,12 +155,15 @@ def alignment_breakdown(outcomes: list[Outcome]) -> dict[str, dict[str, list[int
 def markdown_table(results: dict[str, dict[str, float]],
                    breakdowns: dict[str, dict[str, dict[str, list[int]]]]) -> str:
     names = list(results)
-    header = " | ".join(names) + " |"
-    lines = ["| metric | " + header, "|---|" + "---|" * len(names)]
+
+    def head(first: str) -> list[str]:
+        return [f"| {first} | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    lines = head("metric")
     for label, key in TABLE_ROWS:
         lines.append(f"| {label} | " + " | ".join(f"{results[n][key]:.3f}" for n in names) + " |")
     for field in ("finding", "direction"):
-        lines += ["", f"| aligned, by {field} | " + header, "|---|" + "---|" * len(names)]
+        lines += ["", *head(f"aligned, by {field}")]
         for value in breakdowns[names[0]][field]:
             lines.append(f"| {value} | " + " | ".join(
                 "{}/{}".format(*breakdowns[n][field][value]) for n in names) + " |")
