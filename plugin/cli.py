@@ -82,14 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--seed", type=int, default=0)
     dataset.add_argument("--size", type=int, default=128, help="image side in pixels")
 
-    train = commands.add_parser("train", help="train the demo model (VQ tokenizer, then language model)")
+    train = commands.add_parser("train", help="train the demo model (VQ tokenizer, language model, refine)")
     train.add_argument("--data", type=Path, required=True, help="a make-dataset directory")
     train.add_argument("--out", type=Path, required=True, help="the checkpoint to write")
     train.add_argument("--work", type=Path, help="resumable state, loss history and curves (default: OUT.work)")
     train.add_argument("--vq-steps", type=int)
     train.add_argument("--lm-steps", type=int)
     train.add_argument("--changed-token-weight", type=float,
-                       help="loss weight of follow-up codes that differ from the prior's (default 1: a plain mean)")
+                       help="language-model stage: loss weight of follow-up codes that differ from the prior's "
+                            "(default 1: a plain mean)")
+    train.add_argument("--refine-steps", type=int, help="steps of the weighted refine stage (0 skips it)")
+    train.add_argument("--from", dest="start_from", type=Path, metavar="CHECKPOINT",
+                       help="take the VQ tokenizer and language model from this trained checkpoint; refine only")
     train.add_argument("--seed", type=int, default=0)
 
     evaluate = commands.add_parser("evaluate", help="score a model on a dataset's held-out split, CFG on and off")
@@ -300,7 +304,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         config,
         vq=dataclasses.replace(config.vq, steps=args.vq_steps or config.vq.steps, seed=args.seed),
         lm=dataclasses.replace(config.lm, steps=args.lm_steps or config.lm.steps, seed=args.seed,
-                               changed_token_weight=weight))
+                               changed_token_weight=weight),
+        refine=config.refine if args.refine_steps is None else dataclasses.replace(config.refine,
+                                                                                   steps=args.refine_steps))
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -309,7 +315,7 @@ def _train(args: argparse.Namespace) -> None:
     config = train_config(args)
     work = args.work or args.out.with_name(args.out.name + ".work")
     started = time.perf_counter()
-    identity = train_demo_model(args.data, args.out, work, config, progress=_Bar())
+    identity = train_demo_model(args.data, args.out, work, config, start_from=args.start_from, progress=_Bar())
     print(f"trained {args.out} in {(time.perf_counter() - started) / 60:.1f} min (checkpoint sha256 {identity}); "
           f"loss curves in {work}")
 

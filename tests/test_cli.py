@@ -53,9 +53,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and SYNTHETIC_NOTICE in sc.ImageComments
     bundle = json.loads((out / "fhir.json").read_text())
     assert Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)["type"] == "collection"
-    # Residual composition: outside the hypothesised change the SC carries the prior's own pixels at full resolution.
+    # Residual composition: outside the hypothesised change the SC carries the prior's own pixels at full resolution:
+    # most of the image (the decoder's own image keeps under a fifth, the next test).
     assert "composition=residual" in report
-    assert _share_of_prior_pixels(sc, DEMO_PRIOR) > 0.6
+    assert _share_of_prior_pixels(sc, DEMO_PRIOR) > 0.5
 
 
 def _share_of_prior_pixels(sc: pydicom.Dataset, prior: Path) -> float:
@@ -175,3 +176,6 @@ def test_train_options_override_only_what_they_name() -> None:
         ["train", "--data", "d", "--out", "o", "--lm-steps", "7", "--changed-token-weight", "4", "--seed", "3"]))
     assert (config.lm.steps, config.lm.changed_token_weight, config.lm.seed, config.vq.seed) == (7, 4.0, 3, 3)
     assert config.vq.steps == default.vq.steps and config.lm.batch_size == default.lm.batch_size
+    assert config.refine == default.refine and default.refine.steps > 0
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--refine-steps", "0", "--from", "c"])
+    assert train_config(args).refine.steps == 0 and args.start_from == Path("c")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inference.data.dataset import Dataset, make_dataset
+from inference.errors import CheckpointError
 from inference.model import load_progemu
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.small_vq import SmallVQConfig
@@ -19,7 +20,7 @@ from inference.training.lm import (
     train_language_model,
     weighted_loss,
 )
-from inference.training.run import TrainConfig, train_demo_model
+from inference.training.run import RefineConfig, TrainConfig, train_demo_model
 from inference.training.vq import VQTrainConfig
 
 TINY_LM = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, batch_size=4, warmup_steps=2,
@@ -81,14 +82,55 @@ def test_resume_gives_the_same_weights(pairs, tmp_path: Path) -> None:  # noqa: 
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_refine_fine_tunes_a_copy_of_the_trained_model(pairs, tmp_path: Path) -> None:  # noqa: ANN001
+    data, prompts, vocab = pairs
+    trained = train_language_model(data, prompts, vocab, LMTrainConfig(steps=20, **TINY_LM), tmp_path / "lm")
+    before = {name: value.clone() for name, value in trained.state_dict().items()}
+    config = RefineConfig(steps=10, warmup_steps=2).lm_config(LMTrainConfig(**TINY_LM))
+    assert config.changed_token_weight == 4.0 and config.learning_rate < LMTrainConfig().learning_rate
+    refined = train_language_model(data, prompts, vocab, config, tmp_path / "refine", initial=trained,
+                                   stage="refine")
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(value, before[name], msg=name)  # the trained model is left as it was
+    moved = [name for name, value in refined.state_dict().items() if not torch.equal(value, before[name])]
+    assert moved and (tmp_path / "refine" / "refine_loss.png").exists()
+    # It continues from the trained weights: its loss stays near the trained model's, far below a random one's.
+    ids, labels, mask, weights = _batch(data, np.arange(8), np.zeros(8, bool), prompts)
+    fresh = build_language_model(LMTrainConfig(**TINY_LM), prompts, vocab)
+    with torch.no_grad():
+        losses = [float(weighted_loss(m(input_ids=ids, attention_mask=mask).logits, labels, weights))
+                  for m in (fresh, trained, refined)]
+    assert losses[2] < losses[1] + 0.25 * (losses[0] - losses[1]), losses
+
+
+def _smoke_config(refine_steps: int) -> TrainConfig:
+    return TrainConfig(vq=VQTrainConfig(model=SmallVQConfig(codebook_size=32, channels=16, downsample_steps=2),
+                                        steps=4, batch_size=4, save_every=2),
+                       lm=LMTrainConfig(steps=3, **TINY_LM), refine=RefineConfig(steps=refine_steps, warmup_steps=1),
+                       vq_images=16, version="smoke")
+
+
 def test_recipe_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     make_dataset(tmp_path / "data", 16, seed=1, size=32)
-    config = TrainConfig(vq=VQTrainConfig(model=SmallVQConfig(codebook_size=32, channels=16, downsample_steps=2),
-                                          steps=4, batch_size=4, save_every=2),
-                         lm=LMTrainConfig(steps=3, **TINY_LM), vq_images=16, version="smoke")
-    identity = train_demo_model(tmp_path / "data", tmp_path / "ckpt", tmp_path / "work", config)
+    identity = train_demo_model(tmp_path / "data", tmp_path / "ckpt", tmp_path / "work", _smoke_config(2))
     model = load_progemu(tmp_path / "ckpt")
     assert model.checkpoint_sha256 == identity and model.spec.version == "smoke" and model.grid == 8
     codes = model.vision.encode(Dataset.open(tmp_path / "data").image(
         Dataset.open(tmp_path / "data").records[0], "prior")[None])
     assert codes.shape == (1, 8, 8) and codes.max() < 32
+    assert all((tmp_path / "work" / f"{stage}_loss.png").exists() for stage in ("vq", "lm", "refine"))
+
+
+def test_refine_from_a_trained_checkpoint_equals_the_full_recipe(tmp_path: Path) -> None:
+    """`progemu train --from CKPT` runs only the refine stage, and lands on the weights one full run gives."""
+    make_dataset(tmp_path / "data", 16, seed=1, size=32)
+    train_demo_model(tmp_path / "data", tmp_path / "full", tmp_path / "w1", _smoke_config(3))
+    train_demo_model(tmp_path / "data", tmp_path / "base", tmp_path / "w2", _smoke_config(0))
+    train_demo_model(tmp_path / "data", tmp_path / "refined", tmp_path / "w3", _smoke_config(3),
+                     start_from=tmp_path / "base")
+    assert not (tmp_path / "w3" / "vq").exists() and not (tmp_path / "w3" / "lm").exists()
+    full, refined = load_progemu(tmp_path / "full"), load_progemu(tmp_path / "refined")
+    assert full.checkpoint_sha256 == refined.checkpoint_sha256
+    with pytest.raises(CheckpointError, match="not a checkpoint written by"):
+        train_demo_model(tmp_path / "data", tmp_path / "x", tmp_path / "w4", _smoke_config(3),
+                         start_from=tmp_path / "data")

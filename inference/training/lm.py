@@ -8,6 +8,7 @@ the hypothesis (ProgEmu's null prompt) so that CFG has an unconditional model.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class LMTrainConfig:
 
     Most follow-up codes copy the prior; the few that carry the hypothesised change are what alignment
     depends on, and a plain mean dilutes them among the copies. Measured in docs/model.md: 4 helps as a
-    fine-tune of a plainly trained model, but from scratch it teaches over-editing, so the recipe keeps 1."""
+    fine-tune of a plainly trained model (the recipe's refine stage), but from scratch it teaches over-editing."""
     seed: int = 0
     save_every: int = 100
     max_text_tokens: int = 200
@@ -122,19 +123,25 @@ def _learning_rate(step: int, config: LMTrainConfig) -> float:
 
 
 def train_language_model(pairs: TokenisedPairs, prompts: PromptBuilder, vocab_size: int, config: LMTrainConfig,
-                         work_dir: Path, *, progress: Callable[[int, int, float], None] | None = None
-                         ) -> Emu3ForCausalLM:
-    """Train (or resume) in ``work_dir``; deterministic for a seed, the same whether resumed or not."""
+                         work_dir: Path, *, initial: Emu3ForCausalLM | None = None, stage: str = "lm",
+                         progress: Callable[[int, int, float], None] | None = None) -> Emu3ForCausalLM:
+    """Train (or resume) in ``work_dir``; deterministic for a seed, the same whether resumed or not.
+
+    With ``initial`` this fine-tunes a copy of that model (whose architecture then wins over the config's
+    sizes) instead of starting from random weights; ``initial`` itself is left as it was.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / "lm_state.pt"
-    model = build_language_model(config, prompts, vocab_size).train()
+    model = (copy.deepcopy(initial) if initial is not None
+             else build_language_model(config, prompts, vocab_size)).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=config.learning_rate, betas=(0.9, 0.95))
     start = resume(state_path, model, optimiser)
-    stage_log = StageLog(work_dir, "lm", "loss", "language model: training loss", config.steps, start, progress)
+    stage_log = StageLog(work_dir, stage, "loss", f"language model ({stage}): training loss", config.steps, start,
+                         progress)
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, step])  # per-step stream: resuming changes nothing
         indices = rng.integers(0, len(pairs), size=config.batch_size)

@@ -1,7 +1,9 @@
-"""The whole demo-model recipe: VQ tokenizer, then the language model, then one checkpoint directory.
+"""The whole demo-model recipe: VQ tokenizer, language model, refine, then one checkpoint directory.
 
 Stages keep their state in a work directory, so an interrupted run resumes
-where it stopped and a finished stage is not trained again.
+where it stopped and a finished stage is not trained again. The refine stage
+can also start from an already trained checkpoint, which is how one model's
+recipe extends to the next without training the first two stages again.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from transformers import Emu3ForCausalLM
 
 from inference.checkpoint import SPEC_NAME, write_manifest
 from inference.data.dataset import Dataset
+from inference.errors import CheckpointError
 from inference.model import SMALL_VQ_DIR, ModelSpec
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.small_vq import SmallVisionTokenizer, SmallVQVAE
@@ -31,12 +35,36 @@ Progress = Callable[[str, int, int, float], None]
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """Stage 3: a short, gentle fine-tune of the trained language model that weighs the changed codes.
+
+    The plain loss teaches copying the prior well but dilutes the few codes that carry the change; weighting
+    them from the start teaches over-editing instead (docs/model.md). Once copying is learnt, a few hundred
+    weighted steps at a tenth of the learning rate sharpen the change without unlearning it.
+    """
+
+    steps: int = 600
+    learning_rate: float = 4e-4
+    final_learning_rate: float = 4e-5
+    warmup_steps: int = 20
+    changed_token_weight: float = 4.0
+    seed: int = 1
+    """Another batch stream than the language-model stage's."""
+
+    def lm_config(self, lm: LMTrainConfig) -> LMTrainConfig:
+        return replace(lm, steps=self.steps, learning_rate=self.learning_rate,
+                       final_learning_rate=self.final_learning_rate, warmup_steps=self.warmup_steps,
+                       changed_token_weight=self.changed_token_weight, seed=self.seed)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     vq: VQTrainConfig = field(default_factory=VQTrainConfig)
     lm: LMTrainConfig = field(default_factory=LMTrainConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     vq_images: int = 8000
     """Images the VQ stage samples from (priors and follow-ups of the training split)."""
-    version: str = "progemu-demo-0.2"
+    version: str = "progemu-demo-0.3"
 
 
 def _training_images(dataset: Dataset, limit: int) -> np.ndarray:
@@ -76,33 +104,58 @@ def _tokenise(dataset: Dataset, vq: SmallVQVAE, cache: Path) -> TokenisedPairs:
                           [r["progression-description"] for r in records], [r["changes-of-findings"] for r in records])
 
 
-def train_demo_model(data: Path, out: Path, work: Path, config: TrainConfig, *,
-                     progress: Progress | None = None) -> str:
-    """Train both stages on ``data`` and write a loadable checkpoint to ``out``; return its identity."""
-    dataset = Dataset.open(data)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    vq = train_vq(_training_images(dataset, config.vq_images), config.vq, work / "vq",
-                  progress=(lambda s, n, loss: progress("vq", s, n, loss)) if progress else None)
-    pairs = _tokenise(dataset, vq, work / "codes.npz")
-    log.info("tokenised %d training pairs", len(pairs))
-    tokenizer = build_byte_tokenizer(config.vq.model.codebook_size)
-    prompts = PromptBuilder(TokenLayout.from_tokenizer(tokenizer, config.vq.model.codebook_size), tokenizer)
-    lm = train_language_model(pairs, prompts, len(tokenizer), config.lm, work / "lm",
-                              progress=(lambda s, n, loss: progress("lm", s, n, loss)) if progress else None)
+def _trained_stages(start_from: Path) -> tuple[SmallVQVAE, Emu3ForCausalLM]:
+    """The VQ tokenizer and language model of a checkpoint this recipe wrote."""
+    if not (start_from / SMALL_VQ_DIR).is_dir() or not (start_from / "config.json").exists():
+        raise CheckpointError(f"{start_from} is not a checkpoint written by `progemu train`")
+    return SmallVQVAE.load(start_from / SMALL_VQ_DIR), Emu3ForCausalLM.from_pretrained(start_from)
+
+
+def _write_checkpoint(out: Path, lm: Emu3ForCausalLM, tokenizer: object, vq: SmallVQVAE, spec: ModelSpec) -> str:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     lm.save_pretrained(out)
     tokenizer.save_pretrained(out)
     vq.save(out / SMALL_VQ_DIR)
+    (out / SPEC_NAME).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    return write_manifest(out)
+
+
+def train_demo_model(data: Path, out: Path, work: Path, config: TrainConfig, *, start_from: Path | None = None,
+                     progress: Progress | None = None) -> str:
+    """Train the stages on ``data`` and write a loadable checkpoint to ``out``; return its identity.
+
+    ``start_from`` takes the VQ tokenizer and language model from a checkpoint of this recipe and runs
+    only the refine stage.
+    """
+    dataset = Dataset.open(data)
+    work.mkdir(parents=True, exist_ok=True)
+    recorded = {**asdict(config), "start_from": str(start_from) if start_from else None}
+    (work / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
+
+    def report(stage: str) -> Callable[[int, int, float], None] | None:
+        return (lambda s, n, loss: progress(stage, s, n, loss)) if progress else None
+
+    if start_from is not None:
+        vq, lm = _trained_stages(start_from)
+    else:
+        vq = train_vq(_training_images(dataset, config.vq_images), config.vq, work / "vq", progress=report("vq"))
+    pairs = _tokenise(dataset, vq, work / "codes.npz")
+    log.info("tokenised %d training pairs", len(pairs))
+    tokenizer = build_byte_tokenizer(vq.config.codebook_size)
+    prompts = PromptBuilder(TokenLayout.from_tokenizer(tokenizer, vq.config.codebook_size), tokenizer)
+    if start_from is None:
+        lm = train_language_model(pairs, prompts, len(tokenizer), config.lm, work / "lm", progress=report("lm"))
+    if config.refine.steps > 0:
+        lm = train_language_model(pairs, prompts, len(tokenizer), config.refine.lm_config(config.lm), work / "refine",
+                                  initial=lm, stage="refine", progress=report("refine"))
     spec = ModelSpec(name="ProgEmu", version=config.version, image_size=dataset.size,
                      max_text_tokens=config.lm.max_text_tokens,
                      description="Small ProgEmu-architecture demo model trained on synthetic chest phantoms. "
                                  "Not for clinical use.")
-    (out / SPEC_NAME).write_text(json.dumps(asdict(spec), indent=2) + "\n")
-    identity = write_manifest(out)
-    for name in ("vq/vq_loss.png", "lm/lm_loss.png"):
+    identity = _write_checkpoint(out, lm, tokenizer, vq, spec)
+    for name in ("vq/vq_loss.png", "lm/lm_loss.png", "refine/refine_loss.png"):
         if (work / name).exists():
             shutil.copy2(work / name, work / Path(name).name)
     log.info("checkpoint %s written (sha256 %s)", out, identity)
