@@ -121,7 +121,7 @@ def test_recipe_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert all((tmp_path / "work" / f"{stage}_loss.png").exists() for stage in ("vq", "lm", "refine"))
 
 
-def test_refine_from_a_trained_checkpoint_equals_the_full_recipe(tmp_path: Path) -> None:
+def test_refine_from_a_trained_checkpoint_equals_the_full_recipe(tmp_path: Path, small_checkpoint: Path) -> None:
     """`progemu train --from CKPT` runs only the refine stage, and lands on the weights one full run gives."""
     make_dataset(tmp_path / "data", 16, seed=1, size=32)
     train_demo_model(tmp_path / "data", tmp_path / "full", tmp_path / "w1", _smoke_config(3))
@@ -131,6 +131,10 @@ def test_refine_from_a_trained_checkpoint_equals_the_full_recipe(tmp_path: Path)
     assert not (tmp_path / "w3" / "vq").exists() and not (tmp_path / "w3" / "lm").exists()
     full, refined = load_progemu(tmp_path / "full"), load_progemu(tmp_path / "refined")
     assert full.checkpoint_sha256 == refined.checkpoint_sha256
-    with pytest.raises(CheckpointError, match="not a checkpoint written by"):
+    (tmp_path / "refined" / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(CheckpointError):  # the start is checked as inference checks a checkpoint
         train_demo_model(tmp_path / "data", tmp_path / "x", tmp_path / "w4", _smoke_config(3),
-                         start_from=tmp_path / "data")
+                         start_from=tmp_path / "refined")
+    with pytest.raises(CheckpointError, match="not a checkpoint written by"):  # a full Emu3 checkpoint
+        train_demo_model(tmp_path / "data", tmp_path / "x", tmp_path / "w5", _smoke_config(3),
+                         start_from=small_checkpoint)

@@ -21,7 +21,7 @@ from transformers import Emu3ForCausalLM
 from inference.checkpoint import SPEC_NAME, write_manifest
 from inference.data.dataset import Dataset
 from inference.errors import CheckpointError
-from inference.model import SMALL_VQ_DIR, ModelSpec
+from inference.model import SMALL_VQ_DIR, ModelSpec, load_progemu
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.small_vq import SmallVisionTokenizer, SmallVQVAE
 from inference.text_tokenizer import build_byte_tokenizer
@@ -105,10 +105,11 @@ def _tokenise(dataset: Dataset, vq: SmallVQVAE, cache: Path) -> TokenisedPairs:
 
 
 def _trained_stages(start_from: Path) -> tuple[SmallVQVAE, Emu3ForCausalLM]:
-    """The VQ tokenizer and language model of a checkpoint this recipe wrote."""
-    if not (start_from / SMALL_VQ_DIR).is_dir() or not (start_from / "config.json").exists():
+    """The VQ tokenizer and language model of a checkpoint this recipe wrote, checked as inference checks it."""
+    model = load_progemu(start_from)
+    if not isinstance(model.vision, SmallVisionTokenizer) or not isinstance(model.generator, Emu3ForCausalLM):
         raise CheckpointError(f"{start_from} is not a checkpoint written by `progemu train`")
-    return SmallVQVAE.load(start_from / SMALL_VQ_DIR), Emu3ForCausalLM.from_pretrained(start_from)
+    return model.vision.module, model.generator
 
 
 def _write_checkpoint(out: Path, lm: Emu3ForCausalLM, tokenizer: object, vq: SmallVQVAE, spec: ModelSpec) -> str:
