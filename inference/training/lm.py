@@ -25,8 +25,8 @@ from inference.training.state import resume, save_state
 
 @dataclass(frozen=True)
 class LMTrainConfig:
-    # Sized for a 2-core CPU (about 0.7 s/step; hidden 256 x 6 layers ran at ~2 s/step). 4000 steps instead of
-    # 2400 raised held-out alignment from 0.79 to 0.87, weighting the changed tokens 4x more (docs/model.md).
+    # Sized for a 2-core CPU (0.6 to 1.1 s/step; hidden 256 x 6 layers ran at ~2 s/step). 4000 steps instead of
+    # 2400 raised held-out alignment from 0.79 to 0.87; the refine stage then takes it to 0.92 (docs/model.md).
     hidden_size: int = 192
     layers: int = 4
     heads: int = 6

@@ -40,7 +40,7 @@ class RefineConfig:
 
     The plain loss teaches copying the prior well but dilutes the few codes that carry the change; weighting
     them from the start teaches over-editing instead (docs/model.md). Once copying is learnt, a few hundred
-    weighted steps at a tenth of the learning rate sharpen the change without unlearning it.
+    weighted steps at a fifth of the learning rate sharpen the change without unlearning it.
     """
 
     steps: int = 600
