@@ -29,7 +29,9 @@ DEMO_PATIENT_SEED = 20251124
 def make_prior(path: Path) -> None:
     anatomy = sample_anatomy(np.random.default_rng(DEMO_PATIENT_SEED))
     image = render_chest(anatomy, Findings(), 1024, np.random.default_rng(DEMO_PATIENT_SEED + 1))
-    ds = build_synthetic_image(np.round(image * 4095).astype(np.uint16), pixel_spacing_mm=0.35,
+    # The full 12-bit window shows the phantom as rendered, the intensities the model was trained on; a window
+    # spanning only the data would stretch its contrast, and the model then mistakes the heart for something else.
+    ds = build_synthetic_image(np.round(image * 4095).astype(np.uint16), pixel_spacing_mm=0.35, window=(2048.0, 4096.0),
                                patient_name="PHANTOM^DEMO", patient_id="PHANTOM-DEMO-0001",
                                accession_number="DEMO0001", study_description="Synthetic chest phantom (demo)")
     ds.save_as(path, enforce_file_format=True)
