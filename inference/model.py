@@ -184,8 +184,8 @@ def build_small_progemu(
     return network, tokenizer
 
 
-def save_progemu(network: Emu3ForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, spec: ModelSpec,
-                 out: str | Path) -> str:
+def save_progemu(network: Emu3ForConditionalGeneration | Emu3ForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                 spec: ModelSpec, out: str | Path) -> str:
     """Save in the Hugging Face format with ``progemu.json`` and the manifest; return the identity."""
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 from transformers import Emu3ForCausalLM
 
-from inference.checkpoint import SPEC_NAME, write_manifest
 from inference.data.dataset import Dataset
 from inference.errors import CheckpointError
-from inference.model import SMALL_VQ_DIR, ModelSpec, load_progemu
+from inference.model import SMALL_VQ_DIR, ModelSpec, load_progemu, save_progemu
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.small_vq import SmallVisionTokenizer, SmallVQVAE
 from inference.text_tokenizer import build_byte_tokenizer
@@ -112,17 +111,6 @@ def _trained_stages(start_from: Path) -> tuple[SmallVQVAE, Emu3ForCausalLM]:
     return model.vision.module, model.generator
 
 
-def _write_checkpoint(out: Path, lm: Emu3ForCausalLM, tokenizer: object, vq: SmallVQVAE, spec: ModelSpec) -> str:
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    lm.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    vq.save(out / SMALL_VQ_DIR)
-    (out / SPEC_NAME).write_text(json.dumps(asdict(spec), indent=2) + "\n")
-    return write_manifest(out)
-
-
 def train_demo_model(data: Path, out: Path, work: Path, config: TrainConfig, *, start_from: Path | None = None,
                      progress: Progress | None = None) -> str:
     """Train the stages on ``data`` and write a loadable checkpoint to ``out``; return its identity.
@@ -155,7 +143,10 @@ def train_demo_model(data: Path, out: Path, work: Path, config: TrainConfig, *, 
                      max_text_tokens=config.lm.max_text_tokens,
                      description="Small ProgEmu-architecture demo model trained on synthetic chest phantoms. "
                                  "Not for clinical use.")
-    identity = _write_checkpoint(out, lm, tokenizer, vq, spec)
+    if out.exists():
+        shutil.rmtree(out)
+    vq.save(out / SMALL_VQ_DIR)
+    identity = save_progemu(lm, tokenizer, spec, out)  # the manifest, written last, covers vq/ too
     for name in ("vq/vq_loss.png", "lm/lm_loss.png", "refine/refine_loss.png"):
         if (work / name).exists():
             shutil.copy2(work / name, work / Path(name).name)
