@@ -120,7 +120,8 @@ def demo_benchmark(args: argparse.Namespace) -> None:
     model_path = args.model or config.model_path
     threads = config.onnx_threads if args.onnx_threads is None else args.onnx_threads
     model = load_progemu(model_path)
-    settings = SamplerSettings(seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k)
+    settings = SamplerSettings(seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k).for_model(
+        model.spec.max_text_tokens)
     rows = [measure("transformers generate", lambda: run_generate(model, settings), args.repeats)]
     torch_engine = TorchEngine(model.text_model, model.lm_head)
     rows.append(measure("ours: torch engine", lambda: run_engine(torch_engine, model, settings), args.repeats))
@@ -153,8 +154,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="checkpoint (default: the configured/demo model)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cfg-scale", type=float, default=3.0)
-    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--cfg-scale", type=float, default=SamplerSettings.cfg_scale)
+    parser.add_argument("--top-k", type=int, default=SamplerSettings.top_k)
     parser.add_argument("--onnx-threads", type=int,
                         help="onnxruntime intra-op threads, 0 for its default (default: PROGEMU_ONNX_THREADS's)")
     parser.add_argument("--full-size", action="store_true", help="8.5B ProgEmu-shaped model on a GPU")

@@ -9,6 +9,9 @@ from inference.errors import HypothesisError
 
 _WHITESPACE = re.compile(r"\s+")
 
+MAX_HYPOTHESIS_CHARS = 500
+"""The default limit: a few sentences, far below what would crowd the image tokens out of the context."""
+
 
 def clean_text(text: str) -> str:
     """Drop control and unassigned characters and fold whitespace: safe to render, store and log."""
@@ -16,7 +19,7 @@ def clean_text(text: str) -> str:
     return _WHITESPACE.sub(" ", kept.replace("\ufffd", " ")).strip()
 
 
-def normalise_hypothesis(text: str, *, max_chars: int) -> str:
+def normalise_hypothesis(text: str, *, max_chars: int = MAX_HYPOTHESIS_CHARS) -> str:
     """Return the hypothesis with control characters removed and whitespace folded.
 
     Refuses an empty text and one longer than ``max_chars``: a long text would

@@ -37,7 +37,7 @@ from inference.errors import CheckpointError
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.small_vq import SmallVisionTokenizer, SmallVQVAE
 from inference.text_tokenizer import build_byte_tokenizer
-from inference.tokenizer import Emu3VisionTokenizer, VisionTokenizer
+from inference.vision_tokenizer import Emu3VisionTokenizer, VisionTokenizer
 
 log = logging.getLogger(__name__)
 

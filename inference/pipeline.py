@@ -12,10 +12,10 @@ import numpy as np
 from inference.composition import Composition, compose
 from inference.engines.base import CancelCheck, Engine, ProgressCallback
 from inference.errors import HypothesisError
-from inference.hypothesis import clean_text, normalise_hypothesis
+from inference.hypothesis import MAX_HYPOTHESIS_CHARS, clean_text, normalise_hypothesis
 from inference.sampler import Sampler, SamplerSettings
 from inference.sequence import PromptBuilder, TokenLayout
-from inference.tokenizer import VisionTokenizer
+from inference.vision_tokenizer import VisionTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Counterfactual:
 class CounterfactualPipeline:
     """Runs ProgEmu's sequence: encode the prior, prompt, generate, decode image and text."""
 
-    def __init__(self, model: GenerativeModel, engine: Engine, *, max_hypothesis_chars: int = 500,
+    def __init__(self, model: GenerativeModel, engine: Engine, *, max_hypothesis_chars: int = MAX_HYPOTHESIS_CHARS,
                  composition: Composition | str = Composition.RESIDUAL) -> None:
         self.model = model
         self.engine = engine
@@ -92,6 +92,7 @@ class CounterfactualPipeline:
         prompts = model.prompts
         cond = prompts.conditional_prompt(codes, hypothesis)
         uncond = prompts.unconditional_prompt(grid, grid)
+        settings = settings.for_model(model.spec.max_text_tokens)
         sampler = Sampler(settings, model.layout, grid, grid)
         context = model.max_positions
         if len(cond) + sampler.state.total > context:

@@ -10,7 +10,7 @@ engines give the same tokens for the same seed. NumPy only: no torch import.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -23,11 +23,14 @@ class SamplerSettings:
     """How to sample. ``cfg_scale`` 1 turns guidance off; ``temperature`` 0 is greedy; ``top_k`` 0 is off."""
 
     seed: int = 0
-    cfg_scale: float = 3.0
-    top_k: int = 0
+    # The one home of the sampler defaults (the CLI, the node and the evaluation take them from here);
+    # tuned for the shipped demo model in docs/model.md. ProgEmu's paper uses CFG 3 with top-k 2048.
+    cfg_scale: float = 1.5
+    top_k: int = 20
     top_p: float = 1.0
-    temperature: float = 1.0
-    max_text_tokens: int = 200
+    temperature: float = 0.5
+    max_text_tokens: int | None = None
+    """Longest interpretation; None: the checkpoint's own limit (``ModelSpec.max_text_tokens``), which also caps it."""
     min_text_tokens: int = 2
 
     def __post_init__(self) -> None:
@@ -37,12 +40,19 @@ class SamplerSettings:
             (self.top_k >= 0, "top-k must be 0 (off) or a positive integer"),
             (0.0 < self.top_p <= 1.0, "top-p must be in (0, 1]"),
             (0.0 <= self.temperature <= 10.0, "temperature must be between 0 (greedy) and 10"),
-            (1 <= self.max_text_tokens <= 4096, "max-text-tokens must be between 1 and 4096"),
-            (0 <= self.min_text_tokens <= self.max_text_tokens, "min-text-tokens must be <= max-text-tokens"),
+            (self.max_text_tokens is None or 1 <= self.max_text_tokens <= 4096,
+             "max-text-tokens must be between 1 and 4096"),
+            (0 <= self.min_text_tokens <= (self.max_text_tokens or 4096), "min-text-tokens must be <= max-text-tokens"),
         ]
         for ok, message in checks:
             if not ok:
                 raise SamplerSettingsError(message)
+
+    def for_model(self, model_max_text_tokens: int) -> SamplerSettings:
+        """These settings within a checkpoint's interpretation limit (the limit it was trained to)."""
+        limit = model_max_text_tokens if self.max_text_tokens is None else min(self.max_text_tokens,
+                                                                             model_max_text_tokens)
+        return replace(self, max_text_tokens=limit, min_text_tokens=min(self.min_text_tokens, limit))
 
     @property
     def uses_cfg(self) -> bool:
@@ -127,6 +137,8 @@ class Sampler:
     """Turns each step's logits into the next token, deterministically for a seed."""
 
     def __init__(self, settings: SamplerSettings, layout: TokenLayout, height: int, width: int) -> None:
+        if settings.max_text_tokens is None:
+            raise SamplerSettingsError("resolve the interpretation limit first (SamplerSettings.for_model)")
         self.settings = settings
         self.state = GenerationState(layout, height, width, min_text=settings.min_text_tokens,
                                      max_text=settings.max_text_tokens)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from inference.tokenizer import decode_with, encode_with
+from inference.vision_tokenizer import decode_with, encode_with
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -107,7 +107,7 @@ class SmallVQVAE(nn.Module):
 
 
 class SmallVisionTokenizer:
-    """:class:`~inference.tokenizer.VisionTokenizer` over a :class:`SmallVQVAE`."""
+    """:class:`~inference.vision_tokenizer.VisionTokenizer` over a :class:`SmallVQVAE`."""
 
     def __init__(self, model: SmallVQVAE) -> None:
         self.module = model

@@ -24,7 +24,7 @@ from inference.hypothesis import normalise_hypothesis
 from inference.sampler import SamplerSettings
 from plugin import __version__
 from plugin.jobs import DeliveryView, JobState, NewJob
-from plugin.node import Node
+from plugin.orchestrator import Orchestrator
 from plugin.retrieval import RetrievalError
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _out(job) -> CounterfactualOut:
     return out.model_copy(update={"results": _public_results(job.results)})
 
 
-def create_app(node: Node, *, readiness: Callable[[], list[str]] | None = None) -> FastAPI:
+def create_app(node: Orchestrator, *, readiness: Callable[[], list[str]] | None = None) -> FastAPI:
     """The API over ``node``; ``readiness`` returns what is not ready (empty: ready)."""
     config = node.config
     if config.api_token is None:
@@ -156,7 +156,7 @@ def create_app(node: Node, *, readiness: Callable[[], list[str]] | None = None) 
     return api
 
 
-def _check_study(node: Node, study_uid: str) -> None:
+def _check_study(node: Orchestrator, study_uid: str) -> None:
     """404 for a study that neither the node nor the PACS holds; 502 when the PACS cannot be asked."""
     if node.spool.has_study(study_uid):
         return

@@ -18,6 +18,7 @@ from inference.errors import InferenceError
 from inference.sampler import SamplerSettings
 from plugin import __version__
 from plugin.config import DEMO_PRIOR, Settings
+from plugin.errors import UsageError
 
 if TYPE_CHECKING:
     from inference.training.run import TrainConfig
@@ -25,10 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("progemu")
 
 DEMO_HYPOTHESIS = "A moderate left pleural effusion has developed."
-
-
-class UsageError(Exception):
-    """A refusal to report as one line, without a traceback."""
 
 
 def _add_sampler_options(parser: argparse.ArgumentParser, *, with_out: bool = True) -> None:
@@ -159,7 +156,7 @@ def _node_settings(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> None:
     import signal
 
-    from plugin.service import serve
+    from plugin.server import serve
 
     config = _node_settings(args)
     if args.command == "serve" and config.api_token is None:
@@ -194,16 +191,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _sampler_settings(args: argparse.Namespace, config: Settings) -> SamplerSettings:
-    from plugin.runtime import default_sampler_settings
-
-    return default_sampler_settings(config, seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k,
+    return config.sampler(seed=args.seed, cfg_scale=args.cfg_scale, top_k=args.top_k,
                                     top_p=args.top_p, temperature=args.temperature)
 
 
 def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> None:
     from inference.model import quiet_transformers
     from plugin.counterfactual import write_outputs
-    from plugin.runtime import load_service
+    from plugin.counterfactual import load_use_case
 
     if not prior.is_file():
         raise UsageError(f"prior image {prior} does not exist")
@@ -211,7 +206,7 @@ def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> Non
     sampler = _sampler_settings(args, config)
     started = time.perf_counter()
     quiet_transformers()
-    service = load_service(config)
+    service = load_use_case(config)
     with tqdm(desc="generating", unit="tok", leave=False, file=sys.stderr) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -277,7 +272,10 @@ class _Bar:
 def _convert(args: argparse.Namespace) -> None:
     from inference.convert import convert_checkpoint
 
-    spec = {"name": "ProgEmu", "version": args.version, "image_size": args.image_size, "max_text_tokens": 200}
+    from inference.model import ModelSpec
+
+    spec = {"name": "ProgEmu", "version": args.version, "image_size": args.image_size,
+            "max_text_tokens": ModelSpec.max_text_tokens}
     identity = convert_checkpoint(args.source, args.out, vision_dir=args.vision_tokenizer, spec=spec)
     print(f"converted {args.source} to {args.out} (checkpoint sha256 {identity})")
 
@@ -324,13 +322,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     from inference.data.dataset import Dataset
     from inference.evaluation.evaluate import evaluate
     from inference.model import quiet_transformers
-    from plugin.runtime import load_pipeline
+    from inference.loading import load_pipeline
 
     quiet_transformers()
-    pipeline = load_pipeline(_settings(args))
+    config = _settings(args)
+    pipeline = load_pipeline(config.model_path, config.engine_options(), composition=config.composition)
     bar = _Bar()
     report = evaluate(pipeline, Dataset.open(args.data), args.out, limit=args.limit, progress=bar,
-                      sampler=_sampler_settings(args, _settings(args)))
+                      sampler=_sampler_settings(args, config))
     print((args.out / "metrics.md").read_text(), end="")
     print(f"{report['data']['records']} held-out records; details in {args.out / 'metrics.json'}")
 

@@ -20,6 +20,9 @@ from pydantic_settings import (
 )
 
 from dicom_io.peers import DicomPeer, check_ae_title
+from inference.hypothesis import MAX_HYPOTHESIS_CHARS
+from inference.loading import EngineOptions
+from inference.sampler import SamplerSettings
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL = ASSETS / "demo-model"
@@ -76,13 +79,14 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads on the CPU (0 = its default): "
                               "small models decode faster on one thread; raise it for large models")
     max_image_pixels: int = Field(50_000_000, gt=0, description="largest prior accepted (rows x columns)")
-    max_hypothesis_chars: int = Field(500, gt=0, description="longest hypothesis accepted")
-    seed: int = Field(0, ge=0, description="default sampling seed")
-    # Tuned for the shipped demo model (docs/model.md); ProgEmu's paper setting is CFG 3 with top-k 2048.
-    cfg_scale: float = Field(1.5, ge=0.0, description="default classifier-free guidance scale (1 = off)")
-    top_k: int = Field(20, ge=0, description="default top-k (0 = off)")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="default nucleus sampling threshold")
-    temperature: float = Field(0.5, ge=0.0, description="default temperature (0 = greedy)")
+    max_hypothesis_chars: int = Field(MAX_HYPOTHESIS_CHARS, gt=0, description="longest hypothesis accepted")
+    # The defaults are SamplerSettings' own (inference/sampler.py, tuned for the shipped demo model).
+    seed: int = Field(SamplerSettings.seed, ge=0, description="default sampling seed")
+    cfg_scale: float = Field(SamplerSettings.cfg_scale, ge=0.0,
+                             description="default classifier-free guidance scale (1 = off)")
+    top_k: int = Field(SamplerSettings.top_k, ge=0, description="default top-k (0 = off)")
+    top_p: float = Field(SamplerSettings.top_p, gt=0.0, le=1.0, description="default nucleus sampling threshold")
+    temperature: float = Field(SamplerSettings.temperature, ge=0.0, description="default temperature (0 = greedy)")
     composition: Literal["residual", "decoded"] = Field(
         "residual", description="residual: the prior plus the model's change (keeps the patient's pixels and full "
         "resolution outside the change); decoded: the VQ decoder's image as it is")
@@ -162,6 +166,17 @@ class Settings(BaseSettings):
             return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith(
                 "postgresql://") else url
         return f"sqlite:///{(self.data_dir / 'jobs.sqlite').resolve()}"
+
+    def sampler(self, **overrides: object) -> SamplerSettings:
+        """The configured sampler settings, with a request's overrides where given (None: not given)."""
+        values: dict[str, object] = {"seed": self.seed, "cfg_scale": self.cfg_scale, "top_k": self.top_k,
+                                     "top_p": self.top_p, "temperature": self.temperature}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplerSettings(**values)  # type: ignore[arg-type]
+
+    def engine_options(self) -> EngineOptions:
+        return EngineOptions(engine=self.engine, device=self.resolved_device(), onnx_precision=self.onnx_precision,
+                             onnx_providers=self.onnx_providers, onnx_threads=self.onnx_threads)
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -26,6 +26,7 @@ from dicom_io.sc import build_counterfactual_sc
 from dicom_io.sr import build_counterfactual_sr
 from inference.composition import baseline, compose
 from inference.engines.base import CancelCheck, ProgressCallback
+from inference.loading import load_pipeline
 from inference.pipeline import Counterfactual, CounterfactualPipeline
 from inference.sampler import SamplerSettings
 from plugin import __version__
@@ -64,7 +65,7 @@ def algorithm_record(pipeline: CounterfactualPipeline, settings: SamplerSettings
                            device_uid=device_uid, parameters=parameters)
 
 
-class CounterfactualService:
+class CounterfactualUseCase:
     """Runs the use case with one loaded pipeline (load the model once, serve many requests)."""
 
     def __init__(self, pipeline: CounterfactualPipeline, config: Settings) -> None:
@@ -92,6 +93,13 @@ class CounterfactualService:
                                  hypothesis=result.hypothesis, interpretation=result.interpretation)
         log.info("counterfactual SC %s and SR %s built", sc.SOPInstanceUID, sr.SOPInstanceUID)
         return CounterfactualOutputs(sc, sr, page, fhir, preview, result, algorithm)
+
+
+def load_use_case(config: Settings) -> CounterfactualUseCase:
+    """Load the configured checkpoint with the configured engine, once per process."""
+    pipeline = load_pipeline(config.model_path, config.engine_options(),
+                             max_hypothesis_chars=config.max_hypothesis_chars, composition=config.composition)
+    return CounterfactualUseCase(pipeline, config)
 
 
 def _atomic_write(path: Path, write) -> None:

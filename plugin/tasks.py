@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import WorkController
 
 from plugin.config import Settings
-from plugin.node import Node, PermanentJobError
+from plugin.orchestrator import Orchestrator, PermanentJobError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ app.conf.update(
     accept_content=["json"],
 )
 
-_node: Node | None = None
+_node: Orchestrator | None = None
 _node_pid: int | None = None
 
 
@@ -74,16 +74,16 @@ def configure(config: Settings) -> Celery:
     return app
 
 
-def node() -> Node:
+def node() -> Orchestrator:
     """This process's node (model, job store, spool); a forked worker child builds its own."""
     global _node, _node_pid
     if _node is None or _node_pid != os.getpid():
         config = app.conf.get("progemu_settings") or Settings()
-        _node, _node_pid = Node(config, CeleryDispatcher()), os.getpid()
+        _node, _node_pid = Orchestrator(config, CeleryDispatcher()), os.getpid()
     return _node
 
 
-def use_node(existing: Node) -> None:
+def use_node(existing: Orchestrator) -> None:
     """Let the tasks of this process use ``existing`` (serve: the listener's and the API's node)."""
     global _node, _node_pid
     _node, _node_pid = existing, os.getpid()

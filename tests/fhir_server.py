@@ -1,6 +1,6 @@
 """A real FHIR R4 server on loopback for the tests: Medplum's repository and router, validating every resource.
 
-tests/fhir_server/ holds the Node script and its npm lock; `npm ci` there is run on first use when node_modules is
+tests/fhir_server/ holds the Node.js script and its npm lock; `npm ci` there is run on first use when node_modules is
 missing (or older than the lock), so a fresh checkout needs only node and npm. Without them the tests fail: a FHIR
 delivery never checked against a real server is not a pass.
 

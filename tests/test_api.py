@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from plugin.api import create_app
 from plugin.config import DEMO_PRIOR, Settings
 from plugin.jobs import JobState
-from plugin.node import Node
-from plugin.service import readiness
+from plugin.orchestrator import Orchestrator
+from plugin.server import readiness
 from plugin.tasks import CeleryDispatcher, configure
 
 TOKEN = "api-test-token"
@@ -20,19 +20,19 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Node:
+def node(tmp_path: Path) -> Orchestrator:
     config = Settings(data_dir=tmp_path, api_token=TOKEN, max_hypothesis_chars=80)
     configure(config)  # the embedded (in-memory) broker: tasks are queued, no worker runs them here
-    return Node(config, CeleryDispatcher())
+    return Orchestrator(config, CeleryDispatcher())
 
 
 @pytest.fixture
-def client(node: Node) -> TestClient:
+def client(node: Orchestrator) -> TestClient:
     return TestClient(create_app(node, readiness=lambda: readiness(node)))
 
 
 @pytest.fixture
-def study(node: Node) -> str:
+def study(node: Orchestrator) -> str:
     ds = pydicom.dcmread(DEMO_PRIOR)
     node.spool.write(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, DEMO_PRIOR.read_bytes())
     return ds.StudyInstanceUID
@@ -51,7 +51,7 @@ def test_every_v1_route_needs_the_bearer_token(client: TestClient, study: str) -
         assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_a_request_for_a_spooled_study_is_queued_and_idempotent(client: TestClient, study: str, node: Node) -> None:
+def test_a_request_for_a_spooled_study_is_queued_and_idempotent(client: TestClient, study: str, node: Orchestrator) -> None:
     first = client.post("/v1/counterfactuals", json=_body(study, request_id="ris-42", seed=5, requester="dr-x"),
                         headers=AUTH)
     assert first.status_code == 201, first.text
@@ -80,7 +80,7 @@ def test_a_request_for_a_spooled_study_is_queued_and_idempotent(client: TestClie
     ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
 ])
 def test_bad_input_gets_a_422_with_a_clear_message(client: TestClient, study: str, overrides: dict,
-                                                   message: str, node: Node) -> None:
+                                                   message: str, node: Orchestrator) -> None:
     response = client.post("/v1/counterfactuals", json=_body(study, **overrides), headers=AUTH)
     assert response.status_code == 422
     assert message in response.json()["detail"]
@@ -95,7 +95,7 @@ def test_an_unknown_study_without_a_pacs_is_a_404(client: TestClient) -> None:
 
 def test_an_unreachable_pacs_is_a_502(tmp_path: Path) -> None:
     config = Settings(data_dir=tmp_path, api_token=TOKEN, pacs_url="http://127.0.0.1:9")
-    node = Node(config, CeleryDispatcher())
+    node = Orchestrator(config, CeleryDispatcher())
     response = TestClient(create_app(node)).post("/v1/counterfactuals", json=_body("1.2.3.4"), headers=AUTH)
     assert response.status_code == 502
     assert "did not answer" in response.json()["detail"]
@@ -116,4 +116,4 @@ def test_health_readiness_and_openapi(client: TestClient) -> None:
 
 def test_the_api_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bearer token"):
-        create_app(Node(Settings(data_dir=tmp_path), CeleryDispatcher()))
+        create_app(Orchestrator(Settings(data_dir=tmp_path), CeleryDispatcher()))

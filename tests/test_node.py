@@ -13,26 +13,26 @@ from dicom_io.completion import StudyArrival
 from dicom_io.synthetic import build_synthetic_image
 from plugin.config import RoutingRule, Settings
 from plugin.jobs import JobState, NewJob
-from plugin.node import Node, PermanentJobError
+from plugin.orchestrator import Orchestrator, PermanentJobError
 from plugin.tasks import CeleryDispatcher, configure
 from tests.dicom_fixtures import chest_pixels
 
 PHI = {"patient_name": "DOE^JANE", "patient_id": "MRN-998877", "patient_birth_date": "19451231"}
 
 
-def _node(tmp_path: Path, **settings) -> Node:
+def _node(tmp_path: Path, **settings) -> Orchestrator:
     config = Settings(data_dir=tmp_path, **settings)
     configure(config)  # in-memory queue: dispatched tasks wait there, the test calls the node directly
-    return Node(config, CeleryDispatcher())
+    return Orchestrator(config, CeleryDispatcher())
 
 
-def _spool(node: Node, ds: pydicom.Dataset, tmp_path: Path) -> None:
+def _spool(node: Orchestrator, ds: pydicom.Dataset, tmp_path: Path) -> None:
     path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     node.spool.write(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, path.read_bytes())
 
 
-def _job(node: Node, study: str, request_id: str = "r") -> str:
+def _job(node: Orchestrator, study: str, request_id: str = "r") -> str:
     job, _ = node.store.submit(NewJob(request_id=request_id, study_instance_uid=study, source="test",
                                       hypothesis="The left pleural effusion worsens.",
                                       sampler=node.default_sampler(seed=3)))

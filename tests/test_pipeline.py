@@ -62,3 +62,13 @@ def test_wrong_size_and_bad_hypothesis_are_refused(pipeline: CounterfactualPipel
         pipeline.run(prior(), " ", SamplerSettings())
     with pytest.raises(HypothesisError, match="limit is 80"):
         pipeline.run(prior(), "y" * 81, SamplerSettings())
+
+
+def test_the_checkpoint_limits_the_interpretation(pipeline: CounterfactualPipeline) -> None:
+    """ModelSpec.max_text_tokens (24 for the small test model) applies when the settings ask for more or nothing."""
+    limit = pipeline.model.spec.max_text_tokens
+    image_tokens = pipeline.model.layout.image_tokens_length(8, 8)
+    for settings in (SamplerSettings(seed=5, min_text_tokens=limit), SamplerSettings(seed=5, max_text_tokens=4096)):
+        out = pipeline.run(prior(), "cardiomegaly worsens", settings)
+        assert out.settings.max_text_tokens == limit
+        assert out.generated_tokens <= image_tokens + limit + 1

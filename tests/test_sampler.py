@@ -59,14 +59,14 @@ def test_same_seed_same_tokens_other_seed_other_tokens() -> None:
 
 
 def test_cfg_mixes_towards_the_conditional_row() -> None:
-    sampler = Sampler(SamplerSettings(cfg_scale=3.0, temperature=0), LAYOUT, 1, 2)
+    sampler = Sampler(SamplerSettings(max_text_tokens=8, cfg_scale=3.0, temperature=0), LAYOUT, 1, 2)
     cond = np.zeros(VOCAB)
     uncond = np.zeros(VOCAB)
     cond[LAYOUT.visual_offset + 2] = 1.0  # slightly preferred by the conditional row
     uncond[LAYOUT.visual_offset + 5] = 2.5  # preferred by the unconditional row
     # scale 3: id 2 scores 0 + 3 * (1 - 0) = 3, id 5 scores 2.5 + 3 * (0 - 2.5) = -5
     assert sampler.next_token(cond, uncond) == LAYOUT.visual_offset + 2
-    plain = Sampler(SamplerSettings(cfg_scale=0.0, temperature=0), LAYOUT, 1, 2)
+    plain = Sampler(SamplerSettings(max_text_tokens=8, cfg_scale=0.0, temperature=0), LAYOUT, 1, 2)
     assert plain.next_token(cond, uncond) == LAYOUT.visual_offset + 5  # scale 0 is the unconditional row
 
 
@@ -74,7 +74,7 @@ def test_top_k_one_is_greedy() -> None:
     rng = np.random.default_rng(0)
     cond = rng.normal(size=VOCAB)
     for seed in range(5):
-        sampler = Sampler(SamplerSettings(seed=seed, top_k=1, cfg_scale=1.0), LAYOUT, 1, 2)
+        sampler = Sampler(SamplerSettings(max_text_tokens=8, seed=seed, top_k=1, cfg_scale=1.0), LAYOUT, 1, 2)
         best = LAYOUT.visual_offset + int(np.argmax(cond[LAYOUT.visual_offset:]))
         assert sampler.next_token(cond) == best
 
@@ -84,7 +84,7 @@ def test_top_p_keeps_only_the_nucleus() -> None:
     cond[LAYOUT.visual_offset + np.arange(3)] = [5.0, 4.0, 0.0]  # probs ~0.73, 0.27, 0.005
     seen = set()
     for seed in range(60):
-        sampler = Sampler(SamplerSettings(seed=seed, top_p=0.9, cfg_scale=1.0), LAYOUT, 1, 2)
+        sampler = Sampler(SamplerSettings(max_text_tokens=8, seed=seed, top_p=0.9, cfg_scale=1.0), LAYOUT, 1, 2)
         seen.add(sampler.next_token(cond) - LAYOUT.visual_offset)
     assert seen == {0, 1}
 
@@ -93,8 +93,8 @@ def test_sliced_logits_give_the_same_token() -> None:
     rng = np.random.default_rng(5)
     cond, uncond = rng.normal(size=VOCAB), rng.normal(size=VOCAB)
     first = LAYOUT.visual_offset
-    a = Sampler(SamplerSettings(seed=3), LAYOUT, 1, 2).next_token(cond, uncond)
-    b = Sampler(SamplerSettings(seed=3), LAYOUT, 1, 2).next_token(cond[first:], uncond[first:], first_id=first)
+    a = Sampler(SamplerSettings(max_text_tokens=8, seed=3), LAYOUT, 1, 2).next_token(cond, uncond)
+    b = Sampler(SamplerSettings(max_text_tokens=8, seed=3), LAYOUT, 1, 2).next_token(cond[first:], uncond[first:], first_id=first)
     assert a == b
 
 
@@ -104,7 +104,7 @@ def test_unconditional_row_only_during_the_image() -> None:
     while sampler.state.phase is Phase.IMAGE:
         sampler.next_token(np.zeros(VOCAB), np.zeros(VOCAB))
     assert not sampler.needs_uncond
-    assert not Sampler(SamplerSettings(cfg_scale=1.0), LAYOUT, 1, 1).needs_uncond
+    assert not Sampler(SamplerSettings(max_text_tokens=8, cfg_scale=1.0), LAYOUT, 1, 1).needs_uncond
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -117,5 +117,20 @@ def test_bad_settings_are_refused(kwargs: dict) -> None:
 
 
 def test_settings_are_recorded_as_text() -> None:
-    params = SamplerSettings(seed=42, top_k=20).as_parameters()
-    assert params["seed"] == "42" and params["top_k"] == "20" and params["cfg_scale"] == "3.0"
+    params = SamplerSettings(seed=42, top_k=7, cfg_scale=3.0).as_parameters()
+    assert params["seed"] == "42" and params["top_k"] == "7" and params["cfg_scale"] == "3.0"
+
+
+def test_the_checkpoint_caps_the_interpretation() -> None:
+    assert SamplerSettings().for_model(24).max_text_tokens == 24
+    assert SamplerSettings(max_text_tokens=10).for_model(24).max_text_tokens == 10
+    capped = SamplerSettings(max_text_tokens=300, min_text_tokens=30).for_model(24)
+    assert (capped.max_text_tokens, capped.min_text_tokens) == (24, 24)
+    with pytest.raises(SamplerSettingsError, match="resolve"):
+        Sampler(SamplerSettings(), LAYOUT, 1, 1)
+
+
+def test_node_and_cli_defaults_are_the_samplers() -> None:
+    from plugin.config import Settings
+
+    assert Settings().sampler() == SamplerSettings()

@@ -74,7 +74,7 @@ def test_generate_can_be_cancelled(small_model: ProgEmuModel) -> None:
         calls.append(1)
         return len(calls) >= 5
 
-    sampler = Sampler(SamplerSettings(), small_model.layout, grid, grid)
+    sampler = Sampler(SamplerSettings(max_text_tokens=8), small_model.layout, grid, grid)
     try:
         engine.generate(cond, uncond, sampler, cancel=cancel)
     except GenerationCancelled:

@@ -18,7 +18,7 @@ import redis
 
 from plugin.config import DEMO_PRIOR, Settings
 from plugin.jobs import JobState, NewJob
-from plugin.node import Node
+from plugin.orchestrator import Orchestrator
 from plugin.tasks import CeleryDispatcher, configure
 from tests.net import stop_process, wait_for
 
@@ -38,7 +38,7 @@ def broker() -> str:
 def test_a_job_whose_worker_process_is_killed_finishes_after_redelivery(broker: str, tmp_path: Path) -> None:
     config = Settings(data_dir=tmp_path / "data", broker_url=broker)
     configure(config)
-    node = Node(config, CeleryDispatcher())
+    node = Orchestrator(config, CeleryDispatcher())
     prior = pydicom.dcmread(DEMO_PRIOR)
     node.spool.write(prior.StudyInstanceUID, prior.SeriesInstanceUID, prior.SOPInstanceUID, DEMO_PRIOR.read_bytes())
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")}

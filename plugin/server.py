@@ -9,13 +9,13 @@ import threading
 
 from dicom_io.listener import Listener, ListenerConfig
 from plugin.config import Settings
-from plugin.node import Node
+from plugin.orchestrator import Orchestrator
 from plugin.tasks import EMBEDDED_BROKER, CeleryDispatcher, EmbeddedWorker, app, configure, use_node
 
 log = logging.getLogger(__name__)
 
 
-def build_listener(node: Node) -> Listener:
+def build_listener(node: Orchestrator) -> Listener:
     config = node.config
     listener = Listener(ListenerConfig(ae_title=config.ae_title, host=config.bind_host, port=config.dicom_port,
                                        peers=config.peers, max_associations=config.max_associations,
@@ -29,7 +29,7 @@ def build_listener(node: Node) -> Listener:
 class OutboxSweeper(threading.Thread):
     """Hands due deliveries to the io queue: the outbox retries whatever a down destination refused."""
 
-    def __init__(self, node: Node, interval: float) -> None:
+    def __init__(self, node: Orchestrator, interval: float) -> None:
         super().__init__(name="outbox", daemon=True)
         self.node, self.interval = node, interval
         self._stop = threading.Event()
@@ -45,7 +45,7 @@ class OutboxSweeper(threading.Thread):
         self._stop.set()
 
 
-def readiness(node: Node) -> list[str]:
+def readiness(node: Orchestrator) -> list[str]:
     problems = []
     try:
         node.store.ping()
@@ -70,7 +70,7 @@ def readiness(node: Node) -> list[str]:
 def serve(config: Settings, *, with_api: bool = True) -> None:
     """Run until SIGINT/SIGTERM. Without a broker URL the queue is in memory and a worker runs here."""
     configure(config)
-    node = Node(config, CeleryDispatcher())
+    node = Orchestrator(config, CeleryDispatcher())
     use_node(node)
     listener = build_listener(node)
     api = None

@@ -25,7 +25,13 @@ from dicom_io.study import choose_prior, is_own_output
 from inference.errors import InferenceError
 from inference.sampler import SamplerSettings
 from plugin.config import RoutingRule, Settings
-from plugin.counterfactual import DICOM_OUTPUTS, CounterfactualOutputs, CounterfactualService, write_outputs
+from plugin.counterfactual import (
+    DICOM_OUTPUTS,
+    CounterfactualOutputs,
+    CounterfactualUseCase,
+    load_use_case,
+    write_outputs,
+)
 from plugin.delivery import DICOM, FHIR, DeliveryError, deliver, retry_delay
 from plugin.jobs import DeliveryState, JobState, JobStore, JobView, NewJob, as_utc
 
@@ -48,7 +54,7 @@ class PermanentJobError(Exception):
     """The job cannot succeed by retrying; it fails with this message as its reason."""
 
 
-class Node:
+class Orchestrator:
     def __init__(self, config: Settings, dispatcher: Dispatcher) -> None:
         self.config = config
         self.dispatcher = dispatcher
@@ -60,22 +66,21 @@ class Node:
         from plugin.retrieval import Retriever
 
         self.retriever = Retriever(config)  # one PACS client per process, not one per request
-        self._service: CounterfactualService | None = None
-        self._service_lock = threading.Lock()
+        self._use_case: CounterfactualUseCase | None = None
+        self._use_case_lock = threading.Lock()
         self._generate_lock = threading.Lock()
 
     # --- the model, once per process --------------------------------------------------------------
 
-    def service(self) -> CounterfactualService:
-        with self._service_lock:
-            if self._service is None:
+    def use_case(self) -> CounterfactualUseCase:
+        with self._use_case_lock:
+            if self._use_case is None:
                 from inference.model import quiet_transformers
-                from plugin.runtime import load_service
 
                 quiet_transformers()
-                self._service = load_service(self.config)
+                self._use_case = load_use_case(self.config)
                 log.info("model loaded once for this process")
-            return self._service
+            return self._use_case
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -155,9 +160,7 @@ class Node:
         return True
 
     def default_sampler(self, **overrides: object) -> dict:
-        from plugin.runtime import default_sampler_settings
-
-        return asdict(default_sampler_settings(self.config, **overrides))
+        return asdict(self.config.sampler(**overrides))
 
     def destination_for(self, job: JobView) -> str | None:
         """The job's own destination, else the configured one, else the peer that sent the study."""
@@ -189,7 +192,7 @@ class Node:
             prior = choose_prior(self.spool.instances(job.study_instance_uid), series_uids=job.series_instance_uids,
                                  skip=self.is_own_output)
             with self._generate_lock:
-                outputs = self.service().run(prior, job.hypothesis, SamplerSettings(**job.sampler))
+                outputs = self.use_case().run(prior, job.hypothesis, SamplerSettings(**job.sampler))
         except (DicomInputError, InferenceError) as exc:
             raise PermanentJobError(str(exc)) from None
         paths = write_outputs(outputs, self.results_dir / job_id)
