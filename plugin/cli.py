@@ -197,8 +197,7 @@ def _sampler_settings(args: argparse.Namespace, config: Settings) -> SamplerSett
 
 def _run_counterfactual(args: argparse.Namespace, prior: Path, out: Path) -> None:
     from inference.model import quiet_transformers
-    from plugin.counterfactual import write_outputs
-    from plugin.counterfactual import load_use_case
+    from plugin.counterfactual import load_use_case, write_outputs
 
     if not prior.is_file():
         raise UsageError(f"prior image {prior} does not exist")
@@ -271,7 +270,6 @@ class _Bar:
 
 def _convert(args: argparse.Namespace) -> None:
     from inference.convert import convert_checkpoint
-
     from inference.model import ModelSpec
 
     spec = {"name": "ProgEmu", "version": args.version, "image_size": args.image_size,
@@ -321,8 +319,8 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from inference.data.dataset import Dataset
     from inference.evaluation.evaluate import evaluate
-    from inference.model import quiet_transformers
     from inference.loading import load_pipeline
+    from inference.model import quiet_transformers
 
     quiet_transformers()
     config = _settings(args)

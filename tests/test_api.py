@@ -51,7 +51,8 @@ def test_every_v1_route_needs_the_bearer_token(client: TestClient, study: str) -
         assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_a_request_for_a_spooled_study_is_queued_and_idempotent(client: TestClient, study: str, node: Orchestrator) -> None:
+def test_a_request_for_a_spooled_study_is_queued_and_idempotent(client: TestClient, study: str,
+                                                                node: Orchestrator) -> None:
     first = client.post("/v1/counterfactuals", json=_body(study, request_id="ris-42", seed=5, requester="dr-x"),
                         headers=AUTH)
     assert first.status_code == 201, first.text

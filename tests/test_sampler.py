@@ -94,7 +94,8 @@ def test_sliced_logits_give_the_same_token() -> None:
     cond, uncond = rng.normal(size=VOCAB), rng.normal(size=VOCAB)
     first = LAYOUT.visual_offset
     a = Sampler(SamplerSettings(max_text_tokens=8, seed=3), LAYOUT, 1, 2).next_token(cond, uncond)
-    b = Sampler(SamplerSettings(max_text_tokens=8, seed=3), LAYOUT, 1, 2).next_token(cond[first:], uncond[first:], first_id=first)
+    b = Sampler(SamplerSettings(max_text_tokens=8, seed=3), LAYOUT, 1, 2).next_token(cond[first:], uncond[first:],
+                                                                                   first_id=first)
     assert a == b
 
 
