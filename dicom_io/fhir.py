@@ -17,6 +17,7 @@ import pydicom
 from fhir.resources.bundle import Bundle as BundleR5
 from fhir.resources.R4B.bundle import Bundle as BundleR4B
 
+from dicom_io.output_common import generation_settings
 from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText
 
 FHIR_VERSIONS = ("R5", "R4B")
@@ -103,9 +104,8 @@ def _observation(
     device_url: str,
     issued: str,
 ) -> dict[str, Any]:
-    settings = {"checkpoint_sha256": algorithm.checkpoint_sha256, **dict(sorted(algorithm.parameters.items()))}
     components = [_component("Progression hypothesis", text.hypothesis)]
-    components += [_component(name, value) for name, value in settings.items()]
+    components += [_component(name, value) for name, value in generation_settings(algorithm).items()]
     return {
         "resourceType": "Observation",
         "identifier": [dicom_identifier(sr.SOPInstanceUID)],

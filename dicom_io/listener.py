@@ -11,6 +11,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.status import Status
 
 from dicom_io.completion import StudyArrival, StudyTracker
 from dicom_io.peers import DicomPeer
@@ -25,9 +27,11 @@ from dicom_io.spool import Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
+SUCCESS = Status.SUCCESS
 OUT_OF_RESOURCES = 0xA700
+"""C-STORE "Refused: Out of Resources" (PS3.4 B.2.3): pynetdicom has no named constant for it."""
 CANNOT_UNDERSTAND = 0xC000
+"""C-STORE "Error: Cannot Understand" (PS3.4 B.2.3), likewise unnamed."""
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised
 _REJECT_UNKNOWN_CALLER = (0x01, 0x01, 0x03)
 
@@ -69,10 +73,11 @@ class Listener:
 
     def __init__(self, config: ListenerConfig, spool: Spool, *,
                  on_complete: Callable[[StudyArrival], None],
-                 is_own_output: Callable[[pydicom.Dataset], bool] = lambda ds: False) -> None:
+                 is_own_output: Callable[[pydicom.Dataset], bool] = lambda ds: False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.spool = spool
-        self.tracker = StudyTracker(config.quiet_seconds)
+        self.tracker = StudyTracker(config.quiet_seconds, clock)
         self.on_complete = on_complete
         self.is_own_output = is_own_output
         self._server = None

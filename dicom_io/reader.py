@@ -46,7 +46,7 @@ encoder, for one, shifts stored values and drops nothing else."""
 
 @dataclass(frozen=True)
 class SourceGeometry:
-    """What the counterfactual needs to be shown like its prior."""
+    """What the counterfactual needs to be shown like its prior: the one reading of it that every writer uses."""
 
     rows: int
     columns: int
@@ -54,7 +54,33 @@ class SourceGeometry:
     """PixelSpacing, else ImagerPixelSpacing, else None (row spacing, column spacing in mm)."""
     patient_orientation: tuple[str, str] | None
     laterality: str | None
-    """ImageLaterality, else Laterality."""
+    """ImageLaterality (the image's own, in DX and CR), else the series' Laterality: the image-level value wins."""
+    body_part: str | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.columns
+
+    @classmethod
+    def from_dataset(cls, ds: pydicom.Dataset) -> SourceGeometry:
+        spacing = _first_pair(ds, "PixelSpacing", "ImagerPixelSpacing")
+        orientation = _first_pair(ds, "PatientOrientation")
+        laterality = next((str(ds[k].value) for k in ("ImageLaterality", "Laterality") if _present(ds, k)), None)
+        return cls(
+            rows=int(ds.Rows), columns=int(ds.Columns),
+            pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
+            patient_orientation=(str(orientation[0]), str(orientation[1])) if orientation else None,
+            laterality=laterality,
+            body_part=str(ds.BodyPartExamined) if _present(ds, "BodyPartExamined") else None,
+        )
+
+
+def _first_pair(ds: pydicom.Dataset, *keywords: str) -> list | None:
+    """The first of ``keywords`` holding exactly two values: a malformed one falls through to the next."""
+    for keyword in keywords:
+        if keyword in ds and ds[keyword].VM == 2:
+            return list(ds[keyword].value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -168,19 +194,6 @@ def _display_values(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
-def _geometry(ds: pydicom.Dataset) -> SourceGeometry:
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    orientation = ds.get("PatientOrientation")
-    laterality = ds.get("ImageLaterality") or ds.get("Laterality")
-    return SourceGeometry(
-        rows=int(ds.Rows), columns=int(ds.Columns),
-        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None,
-        patient_orientation=(str(orientation[0]), str(orientation[1])) if orientation and len(orientation) == 2
-        else None,
-        laterality=str(laterality) if laterality else None,
-    )
-
-
 def read_prior(source: str | os.PathLike | bytes | pydicom.Dataset, *, max_pixels: int) -> PriorImage:
     """Read and normalise a CR, DX or grayscale SC prior; refuse anything else with a one-line reason.
 
@@ -189,7 +202,7 @@ def read_prior(source: str | os.PathLike | bytes | pydicom.Dataset, *, max_pixel
     ds = _load(source)
     try:
         _check_header(ds, max_pixels)
-        geometry = _geometry(ds)
+        geometry = SourceGeometry.from_dataset(ds)
         pixels = _display_values(ds, _decode(ds))
     except DicomInputError:
         raise

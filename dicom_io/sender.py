@@ -10,6 +10,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove, Verification
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
 
 from dicom_io.peers import DicomPeer
 
@@ -18,6 +19,11 @@ log = logging.getLogger(__name__)
 
 class DicomSendError(ConnectionError):
     """The peer could not be reached or did not store everything; the caller may retry later."""
+
+
+def _succeeded(code: int) -> bool:
+    """Success, or success with a warning: the peer stored (C-STORE) or sent (C-MOVE) what it could."""
+    return code_to_category(code) in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def _associate(ae: AE, peer: DicomPeer, timeout: float):
@@ -42,7 +48,7 @@ def store(paths: Sequence[Path], peer: DicomPeer, *, calling_ae_title: str, time
             code = getattr(status, "Status", None)
             if code is None:
                 raise DicomSendError(f"{peer} did not answer a C-STORE")
-            if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or success with warnings
+            if not _succeeded(code):
                 raise DicomSendError(f"{peer} refused an instance with status 0x{code:04X}")
     finally:
         assoc.release()
@@ -55,7 +61,7 @@ def echo(peer: DicomPeer, *, calling_ae_title: str, timeout: float = 5.0) -> Non
     assoc = _associate(ae, peer, timeout)
     try:
         status = assoc.send_c_echo()
-        if getattr(status, "Status", None) != 0x0000:
+        if getattr(status, "Status", None) != Status.SUCCESS:
             raise DicomSendError(f"{peer} did not answer C-ECHO with success")
     finally:
         assoc.release()
@@ -76,7 +82,7 @@ def move_study(pacs: DicomPeer, study_uid: str, *, destination_ae_title: str, ca
         final = None
         for status, _ in assoc.send_c_move(query, destination_ae_title, StudyRootQueryRetrieveInformationModelMove):
             final = getattr(status, "Status", None)
-        if final is None or final not in (0x0000, 0xB000):
+        if final is None or not _succeeded(final):
             raise DicomSendError(f"C-MOVE from {pacs} ended with status "
                                  f"{'none' if final is None else f'0x{final:04X}'}")
     finally:

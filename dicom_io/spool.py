@@ -6,27 +6,45 @@ success, so a crash never turns an acknowledged instance into a lost or half-wri
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID_PATTERN = r"[0-9]+(\.[0-9]+)*"
+"""A DICOM UID: dot-separated numbers (at most 64 characters, checked apart)."""
+_UID = re.compile(UID_PATTERN)
+_ORIGIN_FILE = "sender.json"
+"""Beside the study's series directories (a UID never clashes with it); the name the orchestrator wrote before
+``record_origin`` existed, so studies spooled then keep their origin."""
 
 
 class SpoolFullError(OSError):
     """The spool has reached its configured size."""
 
 
+@dataclass(frozen=True)
+class StudyOrigin:
+    """Who sent a study to whom: results go back to the sender unless a request says otherwise."""
+
+    calling_ae_title: str
+    called_ae_title: str
+
+
 def check_uid(value: str) -> str:
-    """A DICOM UID, safe to use as a path component (digits and dots only, at most 64 characters)."""
-    uid = str(value).strip().rstrip("\x00")
-    if len(uid) > 64 or not _UID.match(uid):
+    """A DICOM UID, safe to use as a path component (digits and dots only, at most 64 characters).
+
+    Only DICOM's padding (a trailing NUL or space) is dropped: anything else, a newline included, is refused.
+    """
+    uid = str(value).rstrip("\x00 ")
+    if len(uid) > 64 or not _UID.fullmatch(uid):
         raise ValueError("not a valid DICOM UID")
     return uid
 
@@ -57,23 +75,23 @@ class Spool:
                 raise SpoolFullError(f"spool limit of {self.max_bytes} bytes reached")
             self._used += len(data) - previous  # reserved now, released below on failure
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".part")
-            try:
-                with os.fdopen(handle, "wb") as stream:
-                    stream.write(data)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_directory(target.parent)
+            _write_atomically(target, data)
         except BaseException:
             with self._lock:
                 self._used -= len(data) - previous
             raise
         return target
+
+    def record_origin(self, study_uid: str, origin: StudyOrigin) -> None:
+        """Keep who sent the study with it, until the study is removed."""
+        _write_atomically(self.study_dir(study_uid) / _ORIGIN_FILE, json.dumps(asdict(origin)).encode())
+
+    def origin(self, study_uid: str) -> StudyOrigin | None:
+        """The recorded origin, or None when none was recorded (or the study is gone)."""
+        try:
+            return StudyOrigin(**json.loads((self.study_dir(study_uid) / _ORIGIN_FILE).read_text()))
+        except FileNotFoundError:
+            return None
 
     def instances(self, study_uid: str) -> list[Path]:
         directory = self.study_dir(study_uid)
@@ -88,6 +106,22 @@ class Spool:
         shutil.rmtree(directory, ignore_errors=True)
         with self._lock:
             self._used -= freed
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Written, fsynced and renamed into place: a crash leaves the old file or the new one, never a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

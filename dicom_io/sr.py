@@ -35,8 +35,8 @@ from highdicom.sr import (
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_io.output_common import UTF8, Equipment, generation_settings, series_description
 from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText
-from dicom_io.sc import UTF8
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ CODING_SCHEMES = (
     ),
 )
 
-_LO_MAX = 64
-
 
 def build_counterfactual_sr(
     prior: pydicom.Dataset,
@@ -78,8 +76,9 @@ def build_counterfactual_sr(
     """Build the SR describing how ``sc`` was generated from ``prior``; same patient and study, new series."""
     if sc.StudyInstanceUID != prior.StudyInstanceUID:
         raise ValueError("the counterfactual SC is not in the prior's study")
+    equipment = Equipment.of(algorithm)
     report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=_device_observer(algorithm)),
+        observation_context=ObservationContext(observer_device_context=_device_observer(equipment)),
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=[_counterfactual_group(prior, sc, algorithm, text)],
     )
@@ -91,12 +90,10 @@ def build_counterfactual_sr(
         series_number=series_number,
         sop_instance_uid=highdicom.UID(),
         instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=[algorithm.version, algorithm.software_version],
+        **equipment.highdicom_arguments(),
         is_complete=True,
         is_final=False,  # unverified machine output: PRELIMINARY, never FINAL
-        series_description=f"{SYNTHETIC_NOTICE} - {algorithm.name} report"[:_LO_MAX],
+        series_description=series_description(algorithm, "report"),
         series_date=now.date(),
         series_time=now.time(),
         content_date=now.date(),
@@ -105,28 +102,25 @@ def build_counterfactual_sr(
         transfer_syntax_uid=ExplicitVRLittleEndian,
         specific_character_set=UTF8,
     )
-    sr.ContributingEquipmentSequence.append(_algorithm_equipment(algorithm))
+    sr.ContributingEquipmentSequence.append(_algorithm_equipment(equipment, algorithm))
     log.debug("built counterfactual SR %s for SC %s", sr.SOPInstanceUID, sc.SOPInstanceUID)
     return sr
 
 
 def _algorithm_parameters(algorithm: AlgorithmRecord, text: CounterfactualText) -> list[str]:
     """TID 4019 "Algorithm Parameters" rows as name=value: everything needed to rerun the exact generation."""
-    return [
-        f"hypothesis={text.hypothesis}",
-        f"checkpoint_sha256={algorithm.checkpoint_sha256}",
-        *(f"{name}={value}" for name, value in sorted(algorithm.parameters.items())),
-    ]
+    settings = {"hypothesis": text.hypothesis, **generation_settings(algorithm)}
+    return [f"{name}={value}" for name, value in settings.items()]
 
 
-def _device_observer(algorithm: AlgorithmRecord) -> ObserverContext:
+def _device_observer(equipment: Equipment) -> ObserverContext:
     return ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-            uid=algorithm.device_uid,
-            name=f"{algorithm.name} {algorithm.version}"[:_LO_MAX],
-            manufacturer_name=algorithm.manufacturer,
-            model_name=algorithm.name,
+            uid=equipment.device_uid,
+            name=equipment.device_name,
+            manufacturer_name=equipment.manufacturer,
+            model_name=equipment.model_name,
         ),
     )
 
@@ -160,13 +154,13 @@ def _counterfactual_group(
     return group
 
 
-def _algorithm_equipment(algorithm: AlgorithmRecord) -> pydicom.Dataset:
+def _algorithm_equipment(equipment: Equipment, algorithm: AlgorithmRecord) -> pydicom.Dataset:
     """IHE AIR Contributing Equipment item: who processed the images, down to the exact weights."""
     item = pydicom.Dataset()
-    item.Manufacturer = algorithm.manufacturer
-    item.ManufacturerModelName = algorithm.name
-    item.SoftwareVersions = [algorithm.version, algorithm.software_version]
-    item.DeviceUID = algorithm.device_uid
+    item.Manufacturer = equipment.manufacturer
+    item.ManufacturerModelName = equipment.model_name
+    item.SoftwareVersions = list(equipment.software_versions)
+    item.DeviceUID = equipment.device_uid
     item.ContributionDescription = f"Counterfactual generation, checkpoint sha256 {algorithm.checkpoint_sha256}"
     item.PurposeOfReferenceCodeSequence = [PROCESSING_ALGORITHM]
     return item

@@ -11,6 +11,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
@@ -19,17 +20,19 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from dicom_io.spool import UID_PATTERN as SPOOL_UID_PATTERN
 from inference.errors import HypothesisError, SamplerSettingsError
 from inference.hypothesis import normalise_hypothesis
 from inference.sampler import SamplerSettings
 from plugin import __version__
-from plugin.jobs import DeliveryView, JobState, NewJob
+from plugin.errors import RetrievalError
+from plugin.jobs import DeliveryState, JobState, JobView, NewJob
 from plugin.orchestrator import Orchestrator
-from plugin.retrieval import RetrievalError
+from plugin.results import PublicResults
 
 log = logging.getLogger(__name__)
 
-UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+UID_PATTERN = f"^{SPOOL_UID_PATTERN}$"
 
 
 class CounterfactualRequest(BaseModel):
@@ -49,7 +52,22 @@ class CounterfactualRequest(BaseModel):
     top_p: float | None = None
 
 
+class DeliveryOut(BaseModel):
+    """One delivery of the results, as API callers see it."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    kind: str
+    target: str
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
 class CounterfactualOut(BaseModel):
+    """A request as API callers see it: every field listed here, nothing else from the job store."""
+
     model_config = ConfigDict(from_attributes=True)
     id: str
     request_id: str
@@ -62,26 +80,18 @@ class CounterfactualOut(BaseModel):
     state: JobState
     reason: str | None
     attempts: int
-    results: dict[str, Any] | None
-    deliveries: list[DeliveryView]
+    results: PublicResults | None
+    deliveries: list[DeliveryOut]
     created_at: dt.datetime
     updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, job: JobView) -> CounterfactualOut:
+        return cls.model_validate(replace(job, results=job.results.public() if job.results else None))
 
 
 class CounterfactualList(BaseModel):
     items: list[CounterfactualOut]
-
-
-def _public_results(results: dict | None) -> dict | None:
-    """What the API shows of a job's results: UIDs, text and identity, not server paths."""
-    if results is None:
-        return None
-    return {key: value for key, value in results.items() if key not in {"files", "dicom"}}
-
-
-def _out(job) -> CounterfactualOut:
-    out = CounterfactualOut.model_validate(job)
-    return out.model_copy(update={"results": _public_results(job.results)})
 
 
 def create_app(node: Orchestrator, *, readiness: Callable[[], list[str]] | None = None) -> FastAPI:
@@ -120,28 +130,28 @@ def create_app(node: Orchestrator, *, readiness: Callable[[], list[str]] | None 
         request_id = body.request_id or uuid.uuid4().hex
         existing = node.store.by_request_id(request_id)
         if existing:
-            return JSONResponse(_out(existing).model_dump(mode="json"), status_code=200)
+            return JSONResponse(CounterfactualOut.of(existing).model_dump(mode="json"), status_code=200)
         _check_study(node, body.study_instance_uid)
         job, created = node.submit(NewJob(request_id=request_id, study_instance_uid=body.study_instance_uid,
                                           hypothesis=hypothesis, sampler=sampler, source="api",
                                           series_instance_uids=tuple(body.series_instance_uids),
                                           requester=body.requester))
         log.info("request %s -> job %s (%s)", request_id, job.id, "new" if created else "existing")
-        return JSONResponse(_out(job).model_dump(mode="json"), status_code=201 if created else 200)
+        return JSONResponse(CounterfactualOut.of(job).model_dump(mode="json"), status_code=201 if created else 200)
 
     @api.get("/v1/counterfactuals/{job_id}", response_model=CounterfactualOut, dependencies=[Depends(authorised)])
     def read(job_id: str) -> Any:
         job = node.store.get(job_id)
         if job is None:
             raise HTTPException(404, "no counterfactual request with this id")
-        return _out(job)
+        return CounterfactualOut.of(job)
 
     @api.get("/v1/counterfactuals", response_model=CounterfactualList, dependencies=[Depends(authorised)])
     def list_(study_instance_uid: Annotated[str | None, Query(pattern=UID_PATTERN, max_length=64)] = None,
               state: JobState | None = None, requester: Annotated[str | None, Query(max_length=128)] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
         jobs = node.store.list(study_instance_uid=study_instance_uid, state=state, requester=requester, limit=limit)
-        return CounterfactualList(items=[_out(job) for job in jobs])
+        return CounterfactualList(items=[CounterfactualOut.of(job) for job in jobs])
 
     @api.get("/healthz")
     def healthz() -> dict:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +23,7 @@ from dicom_io.peers import DicomPeer, check_ae_title
 from inference.hypothesis import MAX_HYPOTHESIS_CHARS
 from inference.loading import EngineOptions
 from inference.sampler import SamplerSettings
+from plugin.routing import RoutingRule
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL = ASSETS / "demo-model"
@@ -49,26 +50,13 @@ Peer = Annotated[DicomPeer, BeforeValidator(_peer)]
 CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split)]
 
 
-class RoutingRule(BaseModel):
-    """For a PACS that can only push: studies matching this rule get a preset hypothesis.
-
-    A rule matches when every condition it sets holds: the AE title the study was sent to, and a
-    DICOM attribute (by keyword) whose value matches a shell-style pattern, e.g. BodyPartExamined=CHEST.
-    """
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    hypothesis: str = Field(min_length=1)
-    called_ae_title: str | None = None
-    attribute: str | None = None
-    pattern: str = "*"
-
-
 class Settings(BaseSettings):
     """Settings of every progemu command and service."""
 
     model_config = SettingsConfigDict(env_prefix="PROGEMU_", extra="forbid")
 
-    model_path: Path = Field(DEMO_MODEL, description="ProgEmu checkpoint directory (Hugging Face format)")
+    model_path: Path = Field(DEMO_MODEL, description="ProgEmu checkpoint directory, Hugging Face format "
+                             "(default: the shipped demo model)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
     engine: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="generation engine; auto takes ONNX when an export sits next to the checkpoint")
@@ -81,12 +69,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, gt=0, description="largest prior accepted (rows x columns)")
     max_hypothesis_chars: int = Field(MAX_HYPOTHESIS_CHARS, gt=0, description="longest hypothesis accepted")
     # The defaults are SamplerSettings' own (inference/sampler.py, tuned for the shipped demo model).
-    seed: int = Field(SamplerSettings.seed, ge=0, description="default sampling seed")
+    seed: int = Field(SamplerSettings.seed, ge=0, description="sampling seed (same seed, same output)")
     cfg_scale: float = Field(SamplerSettings.cfg_scale, ge=0.0,
-                             description="default classifier-free guidance scale (1 = off)")
-    top_k: int = Field(SamplerSettings.top_k, ge=0, description="default top-k (0 = off)")
-    top_p: float = Field(SamplerSettings.top_p, gt=0.0, le=1.0, description="default nucleus sampling threshold")
-    temperature: float = Field(SamplerSettings.temperature, ge=0.0, description="default temperature (0 = greedy)")
+                             description="classifier-free guidance scale (1 = off)")
+    top_k: int = Field(SamplerSettings.top_k, ge=0, description="top-k sampling (0 = off)")
+    top_p: float = Field(SamplerSettings.top_p, gt=0.0, le=1.0, description="nucleus sampling threshold")
+    temperature: float = Field(SamplerSettings.temperature, ge=0.0, description="sampling temperature (0 = greedy)")
     composition: Literal["residual", "decoded"] = Field(
         "residual", description="residual: the prior plus the model's change (keeps the patient's pixels and full "
         "resolution outside the change); decoded: the VQ decoder's image as it is")
@@ -110,8 +98,8 @@ class Settings(BaseSettings):
     ae_title: str = Field("PROGEMU", description="our AE title")
     bind_host: str = Field("127.0.0.1", description="interface the listener and the API bind to "
                            "(0.0.0.0 in a container)")
-    dicom_port: int = Field(11112, ge=0, lt=65536)
-    http_port: int = Field(8080, ge=0, lt=65536)
+    dicom_port: int = Field(11112, ge=0, lt=65536, description="DICOM port of the listener")
+    http_port: int = Field(8080, ge=0, lt=65536, description="REST API port")
     peers: Annotated[tuple[Peer, ...], NoDecode, BeforeValidator(_split)] = Field(
         (), description="AEs allowed to associate, as AET@HOST:PORT; each may only call from its host, and "
         "studies it sends are returned to it unless a destination is set")

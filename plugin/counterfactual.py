@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
+from boltons.fileutils import atomic_save
 from PIL import Image
 from pydicom.uid import generate_uid
 
@@ -32,13 +35,12 @@ from inference.sampler import SamplerSettings
 from plugin import __version__
 from plugin.config import Settings
 from plugin.preview import render_preview
+from plugin.results import AlgorithmIdentity, DicomOutput, FileKind, JobResults, OutputKind
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAMES = {"sc": "counterfactual.dcm", "sr": "report.dcm", "report_page": "report_page.dcm",
-                "fhir": "fhir.json", "preview": "preview.png"}
-DICOM_OUTPUTS = ("sc", "sr", "report_page")
-"""What goes back to the PACS: the image, the SR, and the report page for viewers that do not render SR text."""
+OUTPUT_NAMES = {FileKind.SC: "counterfactual.dcm", FileKind.SR: "report.dcm", FileKind.REPORT_PAGE: "report_page.dcm",
+                FileKind.FHIR: "fhir.json", FileKind.PREVIEW: "preview.png"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,19 @@ class CounterfactualOutputs:
     preview: Image.Image
     result: Counterfactual
     algorithm: AlgorithmRecord
+
+    def dicom(self, kind: OutputKind) -> pydicom.Dataset:
+        return {OutputKind.SC: self.sc, OutputKind.SR: self.sr, OutputKind.REPORT_PAGE: self.report_page}[kind]
+
+    def job_results(self, files: Mapping[FileKind, Path]) -> JobResults:
+        """The job store's record of these outputs, once written to ``files``."""
+        outputs = [DicomOutput(kind=kind, series_instance_uid=self.dicom(kind).SeriesInstanceUID,
+                               sop_instance_uid=self.dicom(kind).SOPInstanceUID,
+                               sop_class_uid=self.dicom(kind).SOPClassUID) for kind in OutputKind]
+        algorithm = AlgorithmIdentity(name=self.algorithm.name, version=self.algorithm.version,
+                                      checkpoint_sha256=self.algorithm.checkpoint_sha256)
+        return JobResults(outputs=tuple(outputs), interpretation=self.result.interpretation, algorithm=algorithm,
+                          settings=dict(self.algorithm.parameters), files={k: str(p) for k, p in files.items()})
 
 
 def algorithm_record(pipeline: CounterfactualPipeline, settings: SamplerSettings) -> AlgorithmRecord:
@@ -102,27 +117,20 @@ def load_use_case(config: Settings) -> CounterfactualUseCase:
     return CounterfactualUseCase(pipeline, config)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file and rename, so a crash never leaves a half-written output."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are ordinary files for the PACS tools
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write through a fsynced part file and rename, so a crash never leaves a half-written output."""
+    with atomic_save(str(path), part_file=f".{path.name}.{uuid.uuid4().hex}.part", file_perms=0o644) as stream:
+        write(stream)
 
 
-def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) -> dict[FileKind, Path]:
     """Write every output into ``out_dir`` and return their paths."""
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {key: directory / name for key, name in OUTPUT_NAMES.items()}
-    for key in DICOM_OUTPUTS:
-        dataset = getattr(outputs, key)
-        _atomic_write(paths[key], lambda p, ds=dataset: ds.save_as(p, enforce_file_format=True))
-    _atomic_write(paths["fhir"], lambda p: p.write_text(json.dumps(outputs.fhir, indent=2) + "\n"))
-    _atomic_write(paths["preview"], lambda p: outputs.preview.save(p, format="PNG"))
+    paths = {kind: directory / name for kind, name in OUTPUT_NAMES.items()}
+    for kind in OutputKind:
+        dataset = outputs.dicom(kind)
+        _save(paths[FileKind(kind)], lambda stream, ds=dataset: ds.save_as(stream, enforce_file_format=True))
+    _save(paths[FileKind.FHIR], lambda stream: stream.write((json.dumps(outputs.fhir, indent=2) + "\n").encode()))
+    _save(paths[FileKind.PREVIEW], lambda stream: outputs.preview.save(stream, format="PNG"))
     return paths

@@ -1,7 +1,10 @@
-"""Delivery of one result to one target: C-STORE to a DICOM peer, or a FHIR transaction to a server.
+"""Delivery of one job's results to one target, through a registry of target handlers.
 
-The outbox (pending rows of the job store) makes this durable: a failed attempt is
-retried with a doubling delay until it succeeds or the configured give-up age passes.
+Each kind of target (a DICOM peer by C-STORE, a FHIR server by transaction; DICOMweb
+and others later) is a handler registered under its kind. The outbox (pending rows of
+the job store) makes delivery durable: a :class:`~plugin.errors.TransientError` is
+retried with a doubling delay until the give-up age; a
+:class:`~plugin.errors.PermanentError`, such as a kind nobody handles, fails at once.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -17,46 +20,73 @@ from dicom_io.fhir import as_transaction
 from dicom_io.peers import DicomPeer
 from dicom_io.sender import DicomSendError, store
 from plugin.config import Settings
+from plugin.errors import DeliveryError, UnknownDeliveryTarget, backoff
+from plugin.results import FileKind, JobResults
 
 log = logging.getLogger(__name__)
 
-DICOM, FHIR = "dicom", "fhir"
 MAX_RETRY_DELAY = dt.timedelta(hours=1)
 
 
-class DeliveryError(ConnectionError):
-    """A delivery attempt failed; the message is safe to record (no PHI)."""
+class DeliveryTarget(Protocol):
+    """Sends one job's results to one target; raises DeliveryError (retried) or a PermanentError."""
+
+    kind: str
+
+    def send(self, target: str, results: JobResults, config: Settings) -> None: ...
 
 
-def dicom_files(results: dict) -> list[Path]:
-    return [Path(results["files"][key]) for key in results["dicom"]]
+_TARGETS: dict[str, DeliveryTarget] = {}
 
 
-def deliver(kind: str, target: str, results: dict, config: Settings) -> None:
-    """One attempt; raise DeliveryError when it did not succeed."""
-    if kind == DICOM:
+def register(handler: DeliveryTarget) -> DeliveryTarget:
+    """Make ``handler`` the one for its kind of target."""
+    _TARGETS[handler.kind] = handler
+    return handler
+
+
+def deliver(kind: str, target: str, results: JobResults, config: Settings) -> None:
+    """One attempt; raise DeliveryError when it did not succeed, UnknownDeliveryTarget when it never can."""
+    handler = _TARGETS.get(kind)
+    if handler is None:
+        raise UnknownDeliveryTarget(f"no delivery handler for targets of kind {kind!r} "
+                                    f"(known: {', '.join(sorted(_TARGETS))})")
+    handler.send(target, results, config)
+
+
+class DicomStore:
+    """The SC, SR and report page by C-STORE to a DICOM peer (AET@HOST:PORT)."""
+
+    kind = "dicom"
+
+    def send(self, target: str, results: JobResults, config: Settings) -> None:
         try:
-            store(dicom_files(results), DicomPeer.parse(target), calling_ae_title=config.ae_title)
+            store(results.dicom_files(), DicomPeer.parse(target), calling_ae_title=config.ae_title)
         except DicomSendError as exc:
             raise DeliveryError(str(exc)) from None
-    elif kind == FHIR:
-        _post_fhir(target, Path(results["files"]["fhir"]), config)
-    else:
-        raise ValueError(f"unknown delivery kind {kind!r}")
 
 
-def _post_fhir(base_url: str, bundle_path: Path, config: Settings) -> None:
-    transaction = as_transaction(json.loads(bundle_path.read_text()))
-    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
-    if config.fhir_token:
-        headers["Authorization"] = f"Bearer {config.fhir_token.get_secret_value()}"
-    try:
-        response = httpx.post(base_url.rstrip("/"), json=transaction, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        raise DeliveryError(f"FHIR server unreachable ({type(exc).__name__})") from None
-    if response.status_code >= 300:
-        raise DeliveryError(f"FHIR server answered {response.status_code}: {_outcome(response)}")
-    log.info("FHIR transaction accepted (%d)", response.status_code)
+class FhirTransaction:
+    """The FHIR Bundle as one transaction to a FHIR server's base URL."""
+
+    kind = "fhir"
+
+    def send(self, target: str, results: JobResults, config: Settings) -> None:
+        transaction = as_transaction(json.loads(results.path(FileKind.FHIR).read_text()))
+        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+        if config.fhir_token:
+            headers["Authorization"] = f"Bearer {config.fhir_token.get_secret_value()}"
+        try:
+            response = httpx.post(target.rstrip("/"), json=transaction, headers=headers, timeout=30)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"FHIR server unreachable ({type(exc).__name__})") from None
+        if response.status_code >= 300:
+            raise DeliveryError(f"FHIR server answered {response.status_code}: {_outcome(response)}")
+        log.info("FHIR transaction accepted (%d)", response.status_code)
+
+
+DICOM = register(DicomStore()).kind
+FHIR = register(FhirTransaction()).kind
 
 
 def _outcome(response: httpx.Response) -> str:
@@ -69,8 +99,7 @@ def _outcome(response: httpx.Response) -> str:
 
 
 def retry_delay(config: Settings, attempts: int, first_attempt: dt.datetime) -> dt.timedelta | None:
-    """Doubling delay after ``attempts`` failures; None once the give-up age has passed."""
+    """The delay after ``attempts`` failures; None once the give-up age has passed."""
     if dt.datetime.now(dt.UTC) - first_attempt > dt.timedelta(hours=config.delivery_give_up_hours):
         return None
-    delay = dt.timedelta(seconds=config.delivery_retry_seconds * 2 ** max(0, attempts - 1))
-    return min(delay, MAX_RETRY_DELAY)
+    return backoff(attempts, first=config.delivery_retry_seconds, cap=MAX_RETRY_DELAY.total_seconds())

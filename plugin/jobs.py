@@ -11,12 +11,14 @@ import enum
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+from plugin.results import JobResults
 
 
 class JobState(enum.StrEnum):
@@ -109,13 +111,22 @@ class NewJob:
 
 @dataclass(frozen=True)
 class DeliveryView:
+    """A detached snapshot of one delivery (an outbox row)."""
+
     id: int
+    job_id: str
     kind: str
     target: str
-    state: str
+    state: DeliveryState
     attempts: int
     last_error: str | None
     delivered_at: dt.datetime | None
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, item: Delivery) -> DeliveryView:
+        return cls(item.id, item.job_id, item.kind, item.target, DeliveryState(item.state), item.attempts,
+                   item.last_error, as_utc(item.delivered_at), as_utc(item.created_at))
 
 
 @dataclass(frozen=True)
@@ -135,19 +146,24 @@ class JobView:
     reason: str | None
     worker: str | None
     attempts: int
-    results: dict[str, Any] | None
+    results: JobResults | None
     created_at: dt.datetime
     updated_at: dt.datetime
     deliveries: tuple[DeliveryView, ...]
 
     @classmethod
     def of(cls, job: Job) -> JobView:
-        deliveries = tuple(DeliveryView(d.id, d.kind, d.target, d.state, d.attempts, d.last_error,
-                                        as_utc(d.delivered_at)) for d in job.deliveries)
+        results = JobResults.from_stored(job.results) if job.results is not None else None
         return cls(job.id, job.request_id, job.study_instance_uid, tuple(job.series_instance_uids or ()),
                    job.hypothesis, dict(job.sampler), job.requester, job.source, job.destination,
-                   JobState(job.state), job.reason, job.worker, job.attempts, job.results,
-                   as_utc(job.created_at), as_utc(job.updated_at), deliveries)
+                   JobState(job.state), job.reason, job.worker, job.attempts, results,
+                   as_utc(job.created_at), as_utc(job.updated_at), tuple(DeliveryView.of(d) for d in job.deliveries))
+
+
+@overload
+def as_utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -241,13 +257,12 @@ class JobStore:
 
     # --- outputs ----------------------------------------------------------------------------------
 
-    def record_results(self, job_id: str, results: dict[str, Any], output_series: Sequence[str],
-                       deliveries: Sequence[tuple[str, str]]) -> None:
+    def record_results(self, job_id: str, results: JobResults, deliveries: Sequence[tuple[str, str]]) -> None:
         """Store what a job produced and queue its deliveries, in one transaction."""
         with self._session.begin() as session:
             job = session.get(Job, job_id)
-            job.results = results
-            for uid in output_series:
+            job.results = results.model_dump(mode="json")
+            for uid in results.output_series:
                 session.merge(OutputSeries(series_instance_uid=uid, job_id=job_id))
             for kind, target in deliveries:
                 session.add(Delivery(job_id=job_id, kind=kind, target=target))
@@ -278,10 +293,11 @@ class JobStore:
             session.execute(sql_update(Delivery).where(Delivery.state == DeliveryState.PENDING)
                             .values(next_attempt_at=_now()))
 
-    def delivery(self, delivery_id: int) -> tuple[Delivery, JobView] | None:
+    def delivery(self, delivery_id: int) -> tuple[DeliveryView, JobView] | None:
+        """A delivery and its job, as detached snapshots."""
         with self._session() as session:
             item = session.get(Delivery, delivery_id)
-            return (item, JobView.of(item.job)) if item else None
+            return (DeliveryView.of(item), JobView.of(item.job)) if item else None
 
     def delivery_attempt(self, delivery_id: int, *, error: str | None, retry_in: dt.timedelta | None) -> None:
         """Record one attempt: done when ``error`` is None, else pending again after ``retry_in`` (None: failed)."""

@@ -8,36 +8,28 @@ previous step wrote: the job store and the spool.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
-import json
 import logging
 import threading
 from dataclasses import asdict
-from pathlib import Path
 from typing import Protocol
 
 import pydicom
 
 from dicom_io.completion import StudyArrival
 from dicom_io.errors import DicomInputError
-from dicom_io.spool import Spool
+from dicom_io.spool import Spool, StudyOrigin
 from dicom_io.study import choose_prior, is_own_output
 from inference.errors import InferenceError
 from inference.sampler import SamplerSettings
-from plugin.config import RoutingRule, Settings
-from plugin.counterfactual import (
-    DICOM_OUTPUTS,
-    CounterfactualOutputs,
-    CounterfactualUseCase,
-    load_use_case,
-    write_outputs,
-)
-from plugin.delivery import DICOM, FHIR, DeliveryError, deliver, retry_delay
-from plugin.jobs import DeliveryState, JobState, JobStore, JobView, NewJob, as_utc
+from plugin.config import Settings
+from plugin.counterfactual import CounterfactualUseCase, load_use_case, write_outputs
+from plugin.delivery import DICOM, FHIR, deliver, retry_delay
+from plugin.errors import PermanentError, PermanentJobError, TransientError
+from plugin.jobs import DeliveryState, JobState, JobStore, JobView, NewJob
+from plugin.routing import matching_rules
 
 log = logging.getLogger(__name__)
 
-SENDER_FILE = "sender.json"
 DELIVERY_LEASE = dt.timedelta(minutes=10)
 """A delivery handed to a worker is not handed out again for this long (the attempt records its own retry)."""
 
@@ -48,10 +40,6 @@ class Dispatcher(Protocol):
     def generate(self, job_id: str) -> None: ...
     def deliver(self, delivery_id: int) -> None: ...
     def retrieve(self, job_id: str) -> None: ...
-
-
-class PermanentJobError(Exception):
-    """The job cannot succeed by retrying; it fails with this message as its reason."""
 
 
 class Orchestrator:
@@ -108,17 +96,11 @@ class Orchestrator:
             self.listener.expect(study_uid, series_uids)
 
     def retrieve(self, job_id: str) -> None:
-        """Have the PACS send the study (a Celery io task calls this; transient errors are retried)."""
-        from plugin.retrieval import StudyNotFound
-
+        """Have the PACS send the study; a PermanentError fails the job, a TransientError is retried by the caller."""
         job = self.store.get(job_id)
         if job is None or job.state != JobState.RECEIVING:
             return
-        try:
-            series = self.retriever.request(job.study_instance_uid, job.series_instance_uids)
-        except StudyNotFound as exc:
-            self.fail(job_id, str(exc))
-            return
+        series = self.retriever.request(job.study_instance_uid, job.series_instance_uids)
         self.expect(job.study_instance_uid, series)
 
     def fail(self, job_id: str, reason: str) -> None:
@@ -132,32 +114,25 @@ class Orchestrator:
         return is_own_output(ds) or self.store.is_output_series(str(ds.get("SeriesInstanceUID", "")))
 
     def on_study_complete(self, arrival: StudyArrival) -> None:
-        study_dir = self.spool.study_dir(arrival.study_uid)
-        (study_dir / SENDER_FILE).write_text(json.dumps({"calling_ae_title": arrival.calling_ae_title,
-                                                         "called_ae_title": arrival.called_ae_title}))
+        self.spool.record_origin(arrival.study_uid, StudyOrigin(calling_ae_title=arrival.calling_ae_title,
+                                                                called_ae_title=arrival.called_ae_title))
         waiting = self.store.waiting_for(arrival.study_uid)
         log.info("study complete: %d instance(s) in %d series; %d job(s) waiting", arrival.instances,
                  len(arrival.series), len(waiting))
         for job in waiting:
             self.dispatcher.generate(job.id)
-        if not waiting:
-            for rule in self.config.routes:
-                if self._matches(rule, arrival):
-                    self.submit(NewJob(request_id=f"route:{rule.name}:{arrival.study_uid}",
-                                       study_instance_uid=arrival.study_uid, hypothesis=rule.hypothesis,
-                                       sampler=self.default_sampler(), source=f"route:{rule.name}"))
+        if waiting:
+            return
+        for rule in matching_rules(self.config.routes, arrival, lambda: self._prior_header(arrival.study_uid)):
+            self.submit(NewJob(request_id=rule.request_id(arrival.study_uid), study_instance_uid=arrival.study_uid,
+                               hypothesis=rule.hypothesis, sampler=self.default_sampler(), source=rule.source))
 
-    def _matches(self, rule: RoutingRule, arrival: StudyArrival) -> bool:
-        if rule.called_ae_title and rule.called_ae_title != arrival.called_ae_title:
-            return False
-        if rule.attribute:
-            try:
-                prior = pydicom.dcmread(choose_prior(self.spool.instances(arrival.study_uid), skip=self.is_own_output),
-                                        stop_before_pixels=True)
-            except DicomInputError:
-                return False
-            return fnmatch.fnmatchcase(str(prior.get(rule.attribute, "")), rule.pattern)
-        return True
+    def _prior_header(self, study_uid: str) -> pydicom.Dataset | None:
+        try:
+            return pydicom.dcmread(choose_prior(self.spool.instances(study_uid), skip=self.is_own_output),
+                                   stop_before_pixels=True)
+        except DicomInputError:
+            return None
 
     def default_sampler(self, **overrides: object) -> dict:
         return asdict(self.config.sampler(**overrides))
@@ -168,11 +143,10 @@ class Orchestrator:
             return job.destination
         if self.config.destination:
             return str(self.config.destination)
-        sender = self.spool.study_dir(job.study_instance_uid) / SENDER_FILE
-        if sender.exists():
-            title = json.loads(sender.read_text())["calling_ae_title"]
+        origin = self.spool.origin(job.study_instance_uid)
+        if origin is not None:
             for peer in self.config.peers:
-                if peer.ae_title == title:
+                if peer.ae_title == origin.calling_ae_title:
                     return str(peer)
         return None
 
@@ -195,12 +169,11 @@ class Orchestrator:
                 outputs = self.use_case().run(prior, job.hypothesis, SamplerSettings(**job.sampler))
         except (DicomInputError, InferenceError) as exc:
             raise PermanentJobError(str(exc)) from None
-        paths = write_outputs(outputs, self.results_dir / job_id)
+        results = outputs.job_results(write_outputs(outputs, self.results_dir / job_id))
         destination = self.destination_for(job)
         deliveries = ([(DICOM, destination)] if destination else []) + (
             [(FHIR, self.config.fhir_url)] if self.config.fhir_url else [])
-        output_series = [getattr(outputs, key).SeriesInstanceUID for key in DICOM_OUTPUTS]
-        self.store.record_results(job_id, _results(outputs, paths), output_series, deliveries)
+        self.store.record_results(job_id, results, deliveries)
         self.store.transition(job_id, JobState.DELIVERING, expect=[JobState.RUNNING])
         if not deliveries:
             log.warning("job %s has no destination: results stay in %s", job_id, self.results_dir / job_id)
@@ -225,8 +198,11 @@ class Orchestrator:
             return
         try:
             deliver(item.kind, item.target, job.results, self.config)
-        except (DeliveryError, OSError) as exc:
-            delay = retry_delay(self.config, item.attempts + 1, as_utc(item.created_at))
+        except PermanentError as exc:
+            log.warning("delivery %d (%s) cannot succeed: %s", delivery_id, item.kind, exc)
+            self.store.delivery_attempt(delivery_id, error=str(exc), retry_in=None)
+        except (TransientError, OSError) as exc:
+            delay = retry_delay(self.config, item.attempts + 1, item.created_at)
             log.warning("delivery %d (%s) failed, %s: %s", delivery_id, item.kind,
                         f"retry in {delay.total_seconds():.0f} s" if delay else "giving up", exc)
             self.store.delivery_attempt(delivery_id, error=str(exc), retry_in=delay)
@@ -250,17 +226,3 @@ class Orchestrator:
         self.store.release_delivery_claims()
         self.sweep_outbox()
 
-
-def _results(outputs: CounterfactualOutputs, paths: dict[str, Path]) -> dict:
-    """What the job store keeps: file paths (for delivery), the output UIDs, the text and the identity."""
-    uids = {key: {"series_instance_uid": getattr(outputs, key).SeriesInstanceUID,
-                  "sop_instance_uid": getattr(outputs, key).SOPInstanceUID} for key in DICOM_OUTPUTS}
-    return {
-        "files": {key: str(path) for key, path in paths.items()},
-        "dicom": list(DICOM_OUTPUTS),
-        **uids,
-        "interpretation": outputs.result.interpretation,
-        "algorithm": {"name": outputs.algorithm.name, "version": outputs.algorithm.version,
-                      "checkpoint_sha256": outputs.algorithm.checkpoint_sha256},
-        "settings": dict(outputs.algorithm.parameters),
-    }

@@ -13,18 +13,11 @@ from dicom_io.reader import RADIOGRAPHY, SECONDARY_CAPTURE
 from dicom_io.records import MANUFACTURER
 from dicom_io.sender import DicomSendError, move_study
 from plugin.config import Settings
+from plugin.errors import PacsNotConfigured, RetrievalError, StudyNotFound
 
 log = logging.getLogger(__name__)
 
 SOURCE_MODALITIES = {"CR", "DX", "OT"}
-
-
-class RetrievalError(ConnectionError):
-    """The PACS could not be asked, or refused; transient unless the study is unknown."""
-
-
-class StudyNotFound(LookupError):
-    pass
 
 
 class Retriever:
@@ -57,7 +50,8 @@ class Retriever:
             return self._from_orthanc(study_uid, series_uids)
         if self.config.pacs_dicom is not None:
             return self._by_move(self.config.pacs_dicom, study_uid, series_uids)
-        raise RetrievalError("no PACS is configured to retrieve the study from (set pacs_url or pacs_dicom)")
+        raise PacsNotConfigured("the study has not been received and no PACS is configured to retrieve it from "
+                                "(set pacs_url or pacs_dicom)")
 
     def _from_orthanc(self, study_uid: str, series_uids: Sequence[str]) -> list[str]:
         client = self._orthanc

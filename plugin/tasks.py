@@ -12,13 +12,15 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import WorkController
 
 from plugin.config import Settings
-from plugin.orchestrator import Orchestrator, PermanentJobError
+from plugin.errors import PermanentError, backoff
+from plugin.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -93,36 +95,40 @@ def _worker_name(task) -> str:
     return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
 
 
-def _retries() -> int:
-    return node().config.task_retries
+RETRY_FIRST_SECONDS, RETRY_CAP_SECONDS = 5.0, 300.0
+"""Backoff of a generation or retrieval that failed transiently (delivery has its own, configured, in the outbox)."""
+
+
+def _run_step(task, job_id: str, what: str, step: Callable[[], None],
+              failure: Callable[[Exception, int], str]) -> None:
+    """Run one step of a job: a PermanentError fails the job at once; anything else is retried until
+    ``task_retries`` is spent, and then fails the job with ``failure(exc, attempts)`` as the reason."""
+    try:
+        step()
+    except PermanentError as exc:
+        node().fail(job_id, str(exc))
+    except SoftTimeLimitExceeded:
+        node().fail(job_id, f"{what} exceeded the time limit of {node().config.task_time_limit} s")
+    except Exception as exc:  # noqa: BLE001 - transient until the retries run out
+        attempts = task.request.retries + 1
+        if task.request.retries >= node().config.task_retries:
+            node().fail(job_id, failure(exc, attempts))
+            log.warning("job %s failed after %d attempts", job_id, attempts, exc_info=True)
+            return
+        delay = backoff(attempts, first=RETRY_FIRST_SECONDS, cap=RETRY_CAP_SECONDS)
+        raise task.retry(exc=exc, countdown=delay.total_seconds()) from None
 
 
 @app.task(bind=True, name="progemu.generate", acks_late=True, reject_on_worker_lost=True)
 def generate(self, job_id: str) -> None:
-    try:
-        node().generate(job_id, worker=_worker_name(self))
-    except PermanentJobError as exc:
-        node().fail(job_id, str(exc))
-    except SoftTimeLimitExceeded:
-        node().fail(job_id, f"generation exceeded the time limit of {node().config.task_time_limit} s")
-    except Exception as exc:  # noqa: BLE001 - transient until the retries run out
-        if self.request.retries >= _retries():
-            node().fail(job_id, f"generation failed after {self.request.retries + 1} attempts: "
-                                f"{type(exc).__name__}")
-            log.exception("job %s failed", job_id)
-            return
-        raise self.retry(exc=exc, countdown=min(300, 5 * 2 ** self.request.retries)) from None
+    _run_step(self, job_id, "generation", lambda: node().generate(job_id, worker=_worker_name(self)),
+              lambda exc, attempts: f"generation failed after {attempts} attempts: {type(exc).__name__}")
 
 
 @app.task(bind=True, name="progemu.retrieve", acks_late=True, reject_on_worker_lost=True)
 def retrieve(self, job_id: str) -> None:
-    try:
-        node().retrieve(job_id)
-    except Exception as exc:  # noqa: BLE001
-        if self.request.retries >= _retries():
-            node().fail(job_id, f"the PACS did not send the study: {exc}")
-            return
-        raise self.retry(exc=exc, countdown=min(300, 5 * 2 ** self.request.retries)) from None
+    _run_step(self, job_id, "retrieval", lambda: node().retrieve(job_id),
+              lambda exc, attempts: f"the PACS did not send the study: {exc}")
 
 
 @app.task(name="progemu.deliver", acks_late=True, reject_on_worker_lost=True)

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +13,14 @@ import pydicom
 import pytest
 from fhir.resources.bundle import Bundle
 
+from dicom_io.peers import DicomPeer
 from dicom_io.reader import read_prior
 from dicom_io.records import SYNTHETIC_NOTICE
 from dicom_io.synthetic import build_synthetic_image
-from plugin.cli import build_parser, main, train_config
+from plugin.cli import build_parser, main
+from plugin.cli.options import flag, settings
+from plugin.cli.training import train_config
+from plugin.config import Settings
 from tests.dicom_fixtures import chest_pixels, write
 from tests.dicom_validators import assert_dciodvfy_clean, dsrdump_text
 
@@ -179,3 +185,81 @@ def test_train_options_override_only_what_they_name() -> None:
     assert config.refine == default.refine and default.refine.steps > 0
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--refine-steps", "0", "--from", "c"])
     assert train_config(args).refine.steps == 0 and args.start_from == Path("c")
+
+
+COMMANDS = ("counterfactual", "demo", "serve", "listen", "worker", "export-onnx", "verify-onnx", "convert-checkpoint",
+            "make-dataset", "train", "evaluate")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PROGEMU_* settings from the machine the tests run on."""
+    for name in [name for name in os.environ if name.startswith("PROGEMU_")]:
+        monkeypatch.delenv(name)
+
+
+def _help(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture) -> None:
+    listed = re.findall(r"^ {4}(\S+)", _help(capsys), re.MULTILINE)
+    assert sorted(listed) == sorted(COMMANDS)
+    for command in COMMANDS:
+        assert f"usage: progemu {command}" in _help(capsys, command)
+
+
+def test_help_imports_no_model_code() -> None:
+    """`progemu --help` stays fast: torch, transformers and onnx load only when a command needs them."""
+    done = subprocess.run([sys.executable, "-c", "import sys, plugin.cli; print(sorted(set(sys.modules) & "
+                           "{'torch', 'transformers', 'onnx', 'onnxruntime', 'celery'}))"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["serve", "listen", "worker"])
+def test_node_flags_are_settings_fields(command: str, capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every flag of a node command is a Settings field's, documented by the field's description."""
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapped help lines
+    options = _help(capsys, command).split("options:")[1]
+    entries = {entry.split()[0].rstrip(","): " ".join(entry.split())
+               for entry in re.split(r"\n  (?=-)", options) if entry.strip()}
+    fields = build_parser().parse_args([command]).settings_fields
+    assert set(entries) - {"-h"} == {flag(name)[0] for name in fields}
+    for name in fields:
+        description = Settings.model_fields[name].description
+        entry = entries[flag(name)[0]]
+        assert f"PROGEMU_{name.upper()}" in entry
+        assert description and " ".join(description.split()) in entry, (name, entry)
+
+
+def test_worker_flags_override_the_environment(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROGEMU_WORKER_CONCURRENCY", "2")
+    monkeypatch.setenv("PROGEMU_WORKER_QUEUES", "io")
+    config = settings(build_parser().parse_args(["worker"]))
+    assert (config.worker_concurrency, config.worker_queues) == (2, ("io",))
+    config = settings(build_parser().parse_args(["worker", "--concurrency", "3", "--queues", "gpu,io"]))
+    assert (config.worker_concurrency, config.worker_queues) == (3, ("gpu", "io"))
+
+
+def test_node_flags_reach_the_settings(clean_env: None) -> None:
+    args = build_parser().parse_args(["serve", "--peer", "MODALITY@10.0.0.5:104", "--peer", "PACS@pacs:4242",
+                                      "--destination", "VIEWER@viewer:11112", "--dicom-port", "11113",
+                                      "--http-port", "9090", "--model", "ckpt", "--data-dir", "spool"])
+    config = settings(args)
+    assert config.peers == (DicomPeer("MODALITY", "10.0.0.5", 104), DicomPeer("PACS", "pacs", 4242))
+    assert config.destination == DicomPeer("VIEWER", "viewer", 11112)
+    assert (config.dicom_port, config.http_port, config.model_path, config.data_dir) == (
+        11113, 9090, Path("ckpt"), Path("spool"))
+
+
+def test_node_refusals(clean_env: None, capsys: pytest.CaptureFixture) -> None:
+    _refusal(capsys, main(["listen", "--ae-title", "A-TITLE-TOO-LONG-FOR-DICOM"]), "bad configuration: ae_title")
+    _refusal(capsys, main(["serve", "--peer", "nonsense"]), "bad configuration: peers.0")
+    _refusal(capsys, main(["worker", "--concurrency", "0"]), "bad configuration: worker_concurrency")
+    _refusal(capsys, main(["worker"]), "needs a broker")
+    _refusal(capsys, main(["serve"]), "needs a bearer token")

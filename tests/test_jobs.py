@@ -10,6 +10,7 @@ import pytest
 
 from plugin.config import Settings
 from plugin.jobs import DeliveryState, JobState, JobStore, NewJob
+from plugin.results import AlgorithmIdentity, DicomOutput, JobResults, OutputKind
 from tests.databases import postgres_database
 
 
@@ -28,6 +29,34 @@ def _request(request_id: str = "r1", study: str = "1.2.3", **overrides) -> NewJo
     values = {"request_id": request_id, "study_instance_uid": study, "hypothesis": "The effusion worsens.",
               "sampler": {"seed": 7}, "source": "api", **overrides}
     return NewJob(**values)
+
+
+def _results(*series_uids: str) -> JobResults:
+    outputs = tuple(DicomOutput(kind=OutputKind.SC, series_instance_uid=uid, sop_instance_uid=f"{uid}.1",
+                                sop_class_uid="1.2.840.10008.5.1.4.1.1.7") for uid in series_uids)
+    return JobResults(outputs=outputs, interpretation="The effusion has worsened.", settings={"seed": "7"},
+                      algorithm=AlgorithmIdentity(name="ProgEmu", version="t", checkpoint_sha256="0" * 64),
+                      files={"sc": "/results/j/counterfactual.dcm"})
+
+
+def test_results_are_kept_typed_and_shown_without_internal_fields(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    store.record_results(job.id, _results("1.2.3.4.5"), [])
+    stored = store.get(job.id).results
+    assert stored == _results("1.2.3.4.5")
+    assert "files" not in stored.public().model_dump()
+    assert stored.public().outputs[0].sop_instance_uid == "1.2.3.4.5.1"
+
+
+def test_a_delivery_is_read_as_a_detached_view(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    store.record_results(job.id, _results(), [("dicom", "PACS@h:104")])
+    [delivery_id] = store.claim_due_deliveries(dt.timedelta(minutes=1))
+    item, owner = store.delivery(delivery_id)
+    assert (item.job_id, item.kind, item.state, item.attempts) == (job.id, "dicom", DeliveryState.PENDING, 0)
+    assert item.created_at.tzinfo is not None and owner.id == job.id
+    with pytest.raises(AttributeError):
+        item.attempts = 5  # a frozen snapshot, not a live ORM row
 
 
 def test_same_request_id_makes_one_job(store: JobStore) -> None:
@@ -74,7 +103,7 @@ def test_list_filters_by_study_state_and_requester(store: JobStore) -> None:
 def test_outbox_claims_each_due_delivery_once_and_settles_the_job(store: JobStore) -> None:
     job, _ = store.submit(_request())
     store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
-    store.record_results(job.id, {"sc": {}}, ["1.2.3.4.5"], [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
+    store.record_results(job.id, _results("1.2.3.4.5"), [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
     assert store.is_output_series("1.2.3.4.5") and not store.is_output_series("1.2.3.4.6")
     lease = dt.timedelta(minutes=10)
     claimed = store.claim_due_deliveries(lease)
@@ -96,7 +125,7 @@ def test_outbox_claims_each_due_delivery_once_and_settles_the_job(store: JobStor
 def test_a_delivery_given_up_fails_the_job_with_a_reason(store: JobStore) -> None:
     job, _ = store.submit(_request())
     store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
-    store.record_results(job.id, {}, [], [("dicom", "PACS@h:104")])
+    store.record_results(job.id, _results(), [("dicom", "PACS@h:104")])
     [delivery] = store.claim_due_deliveries(dt.timedelta(minutes=1))
     store.delivery_attempt(delivery, error="refused", retry_in=None)
     assert store.settle(job.id) == JobState.FAILED
@@ -105,7 +134,7 @@ def test_a_delivery_given_up_fails_the_job_with_a_reason(store: JobStore) -> Non
 
 def test_release_makes_leased_deliveries_due_after_a_restart(store: JobStore) -> None:
     job, _ = store.submit(_request())
-    store.record_results(job.id, {}, [], [("dicom", "PACS@h:104")])
+    store.record_results(job.id, _results(), [("dicom", "PACS@h:104")])
     assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1
     store.release_delivery_claims()
     assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1

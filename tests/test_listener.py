@@ -6,6 +6,7 @@ import ssl
 import subprocess
 import threading
 from pathlib import Path
+from unittest.mock import Mock
 
 import numpy as np
 import pydicom
@@ -13,6 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
+from pynetdicom.status import STATUS_FAILURE, STORAGE_SERVICE_CLASS_STATUS
 
 from dicom_io.completion import StudyArrival
 from dicom_io.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Listener, ListenerConfig
@@ -27,14 +29,17 @@ PEER = DicomPeer("STORESCU", "127.0.0.1", 104)
 
 
 class Running:
+    """A listener whose completion clock stands still until a test moves it (``clock.return_value``)."""
+
     def __init__(self, tmp_path: Path, max_bytes: int = 10**9, **overrides) -> None:
         values = {"ae_title": "PROGEMU", "host": "127.0.0.1", "port": free_port(), "peers": (PEER,),
-                  "quiet_seconds": 0.5, **overrides}
+                  "quiet_seconds": 10.0, **overrides}
         self.config = ListenerConfig(**values)
         self.spool = Spool(tmp_path / "spool", max_bytes)
         self.completed: list[StudyArrival] = []
+        self.clock = Mock(return_value=0.0)
         self.listener = Listener(self.config, self.spool, on_complete=self.completed.append,
-                                 is_own_output=lambda ds: ds.get("Manufacturer") == MANUFACTURER)
+                                 is_own_output=lambda ds: ds.get("Manufacturer") == MANUFACTURER, clock=self.clock)
 
     def __enter__(self) -> Running:
         self.listener.start()
@@ -98,6 +103,9 @@ def test_storescu_instances_land_in_the_spool_as_sent_and_the_study_completes(tm
         result = _dcmtk("storescu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port),
                         *map(str, files))
         assert result.returncode == 0, result.stderr
+        node.listener.flush()
+        assert node.completed == []  # however slow the machine: no time has passed on the listener's clock
+        node.clock.return_value = node.config.quiet_seconds
         wait_for(lambda: node.completed, 10, "the study to complete after the quiet period")
     [arrival] = node.completed
     assert (arrival.study_uid, arrival.instances, arrival.calling_ae_title, arrival.called_ae_title) == (
@@ -146,6 +154,11 @@ def test_a_full_spool_refuses_and_keeps_nothing_half_written(tmp_path: Path) -> 
         assert _pynetdicom_store(node.port, ds) == OUT_OF_RESOURCES
     assert list((tmp_path / "spool").rglob("*.dcm")) == []
     assert list((tmp_path / "spool").rglob("*.part")) == []
+
+
+def test_refusals_are_c_store_failure_statuses() -> None:
+    assert STORAGE_SERVICE_CLASS_STATUS[OUT_OF_RESOURCES] == (STATUS_FAILURE, "Refused: Out of Resources")
+    assert STORAGE_SERVICE_CLASS_STATUS[CANNOT_UNDERSTAND] == (STATUS_FAILURE, "Cannot Understand")
 
 
 def test_a_dataset_without_study_uid_is_refused(tmp_path: Path) -> None:

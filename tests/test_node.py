@@ -11,9 +11,11 @@ from pydicom.uid import generate_uid
 
 from dicom_io.completion import StudyArrival
 from dicom_io.synthetic import build_synthetic_image
-from plugin.config import RoutingRule, Settings
+from plugin.config import Settings
+from plugin.errors import PermanentJobError
 from plugin.jobs import JobState, NewJob
-from plugin.orchestrator import Orchestrator, PermanentJobError
+from plugin.orchestrator import Orchestrator
+from plugin.routing import RoutingRule
 from plugin.tasks import CeleryDispatcher, configure
 from tests.dicom_fixtures import chest_pixels
 
@@ -50,13 +52,17 @@ def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path:
     assert job.state == JobState.DELIVERING and job.attempts == 1 and job.worker == "test:1"
     assert [(d.kind, d.target) for d in job.deliveries] == [("dicom", "PACS@127.0.0.1:104"),
                                                           ("fhir", "http://127.0.0.1:9/fhir")]
-    for kind in ("sc", "sr", "report_page"):
-        written = pydicom.dcmread(job.results["files"][kind])
-        assert written.SOPInstanceUID == job.results[kind]["sop_instance_uid"]
+    assert [output.kind for output in job.results.outputs] == ["sc", "sr", "report_page"]
+    for output, path in zip(job.results.outputs, job.results.dicom_files(), strict=True):
+        written = pydicom.dcmread(path)
+        assert (written.SOPInstanceUID, written.SeriesInstanceUID, written.SOPClassUID) == (
+            output.sop_instance_uid, output.series_instance_uid, output.sop_class_uid)
         assert written.StudyInstanceUID == prior.StudyInstanceUID
         assert node.store.is_output_series(written.SeriesInstanceUID)
         assert node.is_own_output(written)
-    assert job.results["settings"]["seed"] == "3"
+    assert job.results.settings["seed"] == "3"
+    sc = pydicom.dcmread(job.results.dicom_files()[0])
+    assert job.results.algorithm.checkpoint_sha256 in sc.DerivationDescription
     logged = caplog.text
     assert logged and not any(value in logged for value in ("DOE", "JANE", "MRN-998877", "19451231"))
 

@@ -63,8 +63,9 @@ def test_request_brings_sr_and_sc_back_into_the_same_study(pacs, tmp_path: Path)
     assert job["deliveries"][0]["target"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30,
              "SC, report page and SR in Orthanc")
-    for kind in ("sc", "sr", "report_page"):
-        sop = job["results"][kind]["sop_instance_uid"]
+    assert set(job["results"]) == {"outputs", "interpretation", "algorithm", "settings"}  # the allow-list
+    for output in job["results"]["outputs"]:
+        kind, sop = output["kind"], output["sop_instance_uid"]
         instance_id = orthanc.client.instances.lookup(sop)
         data = orthanc.get(f"/instances/{instance_id}/file").content
         (tmp_path / f"{kind}.dcm").write_bytes(data)
@@ -167,7 +168,7 @@ def test_results_reach_a_destination_that_was_down_once_it_is_back(tmp_path: Pat
         job = node.wait_until(job_id, {"done", "failed"}, timeout=120)
         assert job["state"] == "done" and job["deliveries"][0]["state"] == "done"
         stored = {pydicom.dcmread(path).SOPInstanceUID for path in received.iterdir()}
-        assert stored == {job["results"][kind]["sop_instance_uid"] for kind in ("sc", "sr", "report_page")}
+        assert stored == {output["sop_instance_uid"] for output in job["results"]["outputs"]}
     finally:
         node.stop()
         if storescp:

@@ -126,6 +126,7 @@ def test_counterfactual_from_the_study_page(browser: WebDriver, stack: PluginSta
     linked = {link.get_attribute("data-kind"): link.get_attribute("href").split("explorer.html#series?uuid=")
               for link in links}
     assert set(linked) == {"sc", "sr", "report_page"}
+    assert [link.text for link in links] == ["Counterfactual image (SC)", "Structured report (SR)", "Report page (SC)"]
 
     # the new series are in the study, under the ids the links point at, and the page lists them
     series = {s["ID"]: s["MainDicomTags"] for s in stack.orthanc.series_of(study_uid)}

@@ -127,13 +127,12 @@ def test_counterfactual_through_the_plugin_lands_in_the_study(stack: PluginStack
     assert job["results"]["interpretation"]
 
     series = {s["MainDicomTags"]["SeriesInstanceUID"]: s["ID"] for s in stack.orthanc.series_of(study_uid)}
-    expected = {kind: job["results"][kind]["series_instance_uid"] for kind in ("sc", "sr", "report_page")}
+    expected = {output["kind"]: output["series_instance_uid"] for output in job["results"]["outputs"]}
+    assert set(expected) == {"sc", "sr", "report_page"}
     assert set(expected.values()) <= set(series), "the SC and SR series are not in the Orthanc study"
-    linked = {entry["kind"]: entry for entry in job["orthanc_series"]}
-    assert set(linked) == {"sc", "sr", "report_page"}
-    for kind, uid in expected.items():
-        assert linked[kind]["uid"] == uid
-        assert linked[kind]["id"] == series[uid]
+    # one link per output, in the node's order, each with the series' Orthanc id
+    assert [(entry["kind"], entry["uid"], entry["id"]) for entry in job["orthanc_series"]] == [
+        (kind, uid, series[uid]) for kind, uid in expected.items()]
     modalities = {stack.orthanc.get(f"/series/{series[uid]}").json()["MainDicomTags"]["Modality"]
                   for uid in expected.values()}
     assert "SR" in modalities

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from plugin.preview import PANEL_HEIGHT, render_preview
+from dicom_io.rendering import difference_map, line_height, load_font
+from plugin.preview import MARGIN, PANEL_HEIGHT, render_preview
 
 
 def image() -> np.ndarray:
@@ -29,3 +30,13 @@ def test_long_text_wraps_within_the_width() -> None:
     preview = render_preview(image(), image(), hypothesis=text, interpretation=text)
     short = render_preview(image(), image(), hypothesis="x", interpretation="y")
     assert preview.width == short.width and preview.height > short.height + 100
+
+
+def test_the_difference_panel_is_the_shared_difference_map_against_the_baseline() -> None:
+    prior = np.tile(np.linspace(0.1, 0.9, PANEL_HEIGHT, dtype=np.float32)[:, None], (1, 100))  # no resampling
+    counterfactual = np.clip(prior + np.linspace(-0.2, 0.2, 100, dtype=np.float32), 0, 1)
+    baseline = np.clip(prior + 0.05, 0, 1)
+    preview = np.asarray(render_preview(prior, counterfactual, baseline=baseline, hypothesis="x", interpretation="y"))
+    top = MARGIN + line_height(load_font(20))
+    panel = preview[top:top + PANEL_HEIGHT, MARGIN + 2 * (100 + MARGIN):][:, :100]
+    assert np.array_equal(panel, difference_map(baseline, counterfactual).coloured())

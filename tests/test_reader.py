@@ -61,6 +61,16 @@ def test_geometry_is_taken_from_the_header() -> None:
     assert read_prior(ds, max_pixels=LIMIT).geometry.pixel_spacing is None
 
 
+def test_geometry_prefers_the_image_level_laterality_and_a_well_formed_spacing() -> None:
+    ds = build_synthetic_image(chest_pixels(), modality="DX", pixel_spacing_mm=0.15)
+    ds.ImageLaterality, ds.Laterality = "L", "R"
+    ds.PixelSpacing = [0.1]  # malformed: one value
+    geometry = read_prior(ds, max_pixels=LIMIT).geometry
+    assert geometry.laterality == "L"
+    assert geometry.pixel_spacing == (0.15, 0.15)
+    assert (geometry.body_part, geometry.shape) == ("CHEST", (200, 160))
+
+
 @pytest.mark.parametrize("kwargs", [
     {},  # DX for presentation: the builder's window
     {"presentation_intent": "FOR PROCESSING"},  # no window: percentiles

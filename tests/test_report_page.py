@@ -14,11 +14,9 @@ from dicom_io.report_page import (
     MID_GREY,
     NOT_AN_ACQUISITION,
     PAGE_WIDTH,
-    _wrap,
     build_report_page,
     render_report_page,
 )
-from dicom_io.sc import _load_font
 from dicom_io.synthetic import build_synthetic_image
 from tests.dicom_validators import assert_dciodvfy_clean
 
@@ -172,16 +170,6 @@ def test_long_and_non_ascii_text_stays_within_the_page(prior, changed, algorithm
     left, top, right, bottom = page.text
     assert np.all(page.pixels[top:bottom, right + 4:] == BACKGROUND)  # nothing runs into the right margin
     assert np.all(page.pixels[-MARGIN // 2:, :] == BACKGROUND)
-
-
-def test_wrap_fits_the_width_and_ends_truncated_text_with_an_ellipsis() -> None:
-    font = _load_font(22)
-    lines = _wrap(LONG, font, 500, 4)
-    assert len(lines) == 4 and lines[-1].endswith("\u2026")
-    assert all(font.getlength(line) <= 500 for line in lines)
-    word = _wrap("y" * 3000, font, 300, 3)
-    assert len(word) == 3 and all(font.getlength(line) <= 300 for line in word)
-    assert _wrap("Pleuraerguss links größer", font, 1000, 2) == ["Pleuraerguss links größer"]
 
 
 @pytest.mark.parametrize("shape", [(2500, 2000), (160, 400), (600, 120)])

@@ -7,7 +7,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_io.reader import read_prior
 from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText
+from dicom_io.report_page import build_report_page
 from dicom_io.sc import build_counterfactual_sc
 from dicom_io.synthetic import build_synthetic_image
 from tests.dicom_validators import assert_dciodvfy_clean
@@ -107,6 +109,45 @@ def test_geometry_of_the_prior(sc, prior) -> None:
     assert [float(v) for v in sc.NominalScannedPixelSpacing] == [float(v) for v in spacing]
     if prior.get("PatientOrientation"):
         assert list(sc.PatientOrientation) == list(prior.PatientOrientation)
+
+
+@pytest.mark.parametrize(("image_laterality", "series_laterality", "written"), [
+    ("L", "R", "L"),  # the image's own laterality wins over the series'
+    (None, "R", "R"),
+    ("U", "R", None),  # the image says unpaired: no side, whatever the series says
+])
+def test_writers_restate_the_readers_laterality(prior, pixels, algorithm, text, image_laterality, series_laterality,
+                                                written) -> None:
+    prior.ImageLaterality, prior.Laterality = image_laterality, series_laterality
+    if image_laterality is None:
+        del prior.ImageLaterality
+    geometry = read_prior(prior, max_pixels=10**7).geometry
+    assert geometry.laterality == (image_laterality or series_laterality)
+    for output in (build_counterfactual_sc(prior, pixels, algorithm=algorithm, text=text),
+                   build_report_page(prior, pixels, pixels, algorithm=algorithm, text=text)):
+        assert output.get("Laterality") == written
+        assert output.BodyPartExamined == geometry.body_part == "CHEST"
+
+
+def test_malformed_pixel_spacing_falls_back_to_the_imager_spacing_as_the_reader_does(prior, pixels, algorithm,
+                                                                                        text) -> None:
+    prior.PixelSpacing = [0.1]
+    prior.ImagerPixelSpacing = [0.25, 0.3]
+    sc = build_counterfactual_sc(prior, pixels, algorithm=algorithm, text=text)
+    assert read_prior(prior, max_pixels=10**7).geometry.pixel_spacing == (0.25, 0.3)
+    assert [float(v) for v in sc.PixelSpacing] == [0.25, 0.3]
+
+
+def test_multibyte_algorithm_name_fits_lo(prior, pixels, text, tmp_path) -> None:
+    """LO counts bytes: 30 "Ö" are 30 characters but 60 bytes, and with the notice far more than 64."""
+    algorithm = AlgorithmRecord(name="Ö" * 30, version="ä" * 40, checkpoint_sha256="ab" * 32,
+                                software_version="0.1.0", device_uid="2.25.314159")
+    sc = build_counterfactual_sc(prior, pixels, algorithm=algorithm, text=text)
+    for keyword in ("SeriesDescription", "ManufacturerModelName", "SecondaryCaptureDeviceManufacturerModelName"):
+        assert len(sc.get(keyword).encode()) <= 64
+    assert all(len(version.encode()) <= 64 for version in sc.SoftwareVersions)
+    sc.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    assert_dciodvfy_clean(tmp_path / "sc.dcm")
 
 
 def test_label_is_burned_into_the_pixels(sc, pixels) -> None:

@@ -81,6 +81,23 @@ def test_non_ascii_hypothesis_is_kept(prior, sc, algorithm, tmp_path) -> None:
     assert pydicom.dcmread(path).SpecificCharacterSet == "ISO_IR 192"
 
 
+def test_long_multibyte_texts_fit_their_vrs_in_bytes(prior, sc, tmp_path) -> None:
+    """LO (64), ST (1024) and LT (10240) limits count UTF-8 bytes: a character cut leaves "größer" too long."""
+    algorithm = AlgorithmRecord(name="Größer" * 10, version="größer-" * 10, checkpoint_sha256=CHECKPOINT,
+                                software_version="0.1.0", device_uid="2.25.271828", manufacturer="Größer" * 11)
+    text = CounterfactualText(hypothesis="größer " * 40, interpretation="größer " * 40)
+    sr = build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    limits = {"LO": 64, "ST": 1024, "LT": 10240}
+    texts = [(element.VR, value) for element in pydicom.dcmread(path).iterall() if element.VR in limits
+             for value in (element.value if element.VM > 1 else [element.value])]
+    assert {"LO", "ST"} <= {vr for vr, _ in texts}
+    assert all(len(value.encode()) <= limits[vr] for vr, value in texts)
+    assert text.hypothesis.strip() in dsrdump_text(path)  # TEXT (UT) items keep it whole
+
+
 def test_same_patient_and_study_new_series(sr, sc, prior) -> None:
     assert sr.PatientID == prior.PatientID == "SR-TEST-1"
     assert sr.StudyInstanceUID == prior.StudyInstanceUID

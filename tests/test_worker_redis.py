@@ -60,7 +60,7 @@ def test_a_job_whose_worker_process_is_killed_finishes_after_redelivery(broker: 
         assert done.state == JobState.DONE, done.reason
         assert done.attempts == 2
         assert int(done.worker.rsplit(":", 1)[1]) != victim
-        assert done.results["interpretation"]
+        assert done.results.interpretation
         second, _ = node.submit(NewJob(request_id="after", study_instance_uid=prior.StudyInstanceUID,
                                        hypothesis="The cardiomegaly improves.", sampler=node.default_sampler(),
                                        source="test"))

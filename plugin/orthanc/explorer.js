@@ -9,11 +9,6 @@
 
   var API = '../progemu';
   var STATES = ['queued', 'receiving', 'running', 'delivering', 'done'];
-  var KIND_LABELS = {
-    sc: 'Counterfactual image (SC)',
-    sr: 'Structured report (SR)',
-    report_page: 'Report page (SC)'
-  };
   var NOTICE = 'Synthetic images \u2014 not for diagnosis';
   var config = null;     // from /progemu/config, loaded once
   var shownStudy = null; // the study the panel belongs to
@@ -181,15 +176,15 @@
       return;
     }
     var list = $('<ul>');
+    // the plugin adds orthanc_series to the job it relays: one entry per item of job.results.outputs
     $.each(job.orthanc_series || [], function (i, series) {
-      var label = KIND_LABELS[series.kind] || series.kind;
       var item = $('<li>');
       if (series.id) {
         item.append($('<a>').attr('href', 'explorer.html#series?uuid=' + series.id)
                     .attr('data-ajax', 'false').addClass('progemu-series-link')
-                    .attr('data-kind', series.kind).text(label));
+                    .attr('data-kind', series.kind).text(series.label));
       } else {
-        item.text(label + ' (not in Orthanc yet)');
+        item.text(series.label + ' (not in Orthanc yet)');
       }
       list.append(item);
     });

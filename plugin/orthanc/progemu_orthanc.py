@@ -5,7 +5,9 @@ It validates what the radiologist typed, relays it to the node's REST API with t
 token (which never reaches the browser), and maps every failure to a 4xx/502 with a one-sentence
 ``detail``: an uncaught exception would become a bare 500 without explanation.
 
-Configuration: the ``ProgEmu`` section of Orthanc's configuration (see docker/orthanc/orthanc.json).
+Configuration: the ``ProgEmu`` section of Orthanc's configuration (see docker/orthanc/orthanc.json),
+read by :func:`register`, which adds the routes and the form to Orthanc. Orthanc's import of this file
+calls it (see the end); a test's import, with a stand-in ``orthanc`` module, does not.
 Nothing about the patient (tags, hypothesis text) goes into the log.
 """
 
@@ -16,9 +18,12 @@ import json
 import math
 import os
 import re
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orthanc
@@ -29,15 +34,17 @@ REQUESTER = "orthanc-explorer"
 MAX_CFG_SCALE = 30.0
 MAX_BODY_BYTES = 64 * 1024
 BODY_FIELDS = {"hypothesis", "seed", "cfg_scale"}
-DEFAULT_SUGGESTIONS = [
+DEFAULT_SUGGESTIONS = (
     "the left pleural effusion worsens",
     "the right pleural effusion resolves",
     "the cardiomegaly progresses",
     "a right upper lobe consolidation develops",
     "the pulmonary oedema improves",
     "a left-sided pneumothorax appears",
-]
+)
 NOTICE = "Synthetic images, not for diagnosis"
+# the node's results.outputs[].kind, as the Explorer form names the new series
+OUTPUT_LABELS = {"sc": "Counterfactual image (SC)", "sr": "Structured report (SR)", "report_page": "Report page (SC)"}
 # straight to the node: it sits on Orthanc's own network, and an http_proxy in Orthanc's environment must not catch it
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -65,35 +72,66 @@ def _section(config: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _number(value: Any, kind: type, default: Any) -> Any:
+def _in_range(value: Any, kind: type, low: float, high: float = math.inf) -> bool:
+    """A JSON number of ``kind`` from low to high: JSON's true/false are not numbers, NaN is in no range,
+    and a whole number will do where a float is asked."""
+    kinds = (int,) if kind is int else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
+
+
+def _setting(section: dict[str, Any], key: str, default: Any, expected: str, valid: Callable[[Any], bool]) -> Any:
+    """One setting, its default when absent. A bad one is logged by name (never by value: it may be the token)
+    and its default used, so a typo in the configuration leaves the form working."""
+    value = section.get(key)
     if value is None or value == "":
         return default
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        orthanc.LogWarning(f"ProgEmu: ignoring a setting that is not a {kind.__name__}; using {default!r}")
-        return default
+    if valid(value):
+        return value
+    orthanc.LogWarning(f"ProgEmu: ignoring ProgEmu.{key}, which is not {expected}; using the default")
+    return default
 
 
-def load_settings() -> dict[str, Any]:
-    section = _section(json.loads(orthanc.GetConfiguration()))
-    suggestions = section.get("Suggestions")
-    if not isinstance(suggestions, list) or not all(isinstance(s, str) and s.strip() for s in suggestions):
-        suggestions = DEFAULT_SUGGESTIONS
-    token = section.get("Token")
-    return {
-        "node_url": str(section.get("NodeUrl") or "http://127.0.0.1:8080").rstrip("/"),
-        # an env-var token of digits arrives as a number (the orthancteam image parses values as JSON)
-        "token": None if token in (None, "") else str(token),
-        "timeout": max(1.0, _number(section.get("Timeout"), float, 30.0)),
-        "default_seed": _number(section.get("DefaultSeed"), int, None),
-        "default_cfg_scale": _number(section.get("DefaultGuidanceScale"), float, None),
-        "max_length": max(1, _number(section.get("MaxHypothesisLength"), int, 500)),
-        "suggestions": [s.strip() for s in suggestions],
-    }
+def _number(section: dict[str, Any], key: str, kind: type, default: Any, low: float, high: float = math.inf) -> Any:
+    span = f"{low:g} or more" if high == math.inf else f"from {low:g} to {high:g}"
+    value = _setting(section, key, default, f"a {'whole ' if kind is int else ''}number {span}",
+                     lambda v: _in_range(v, kind, low, high))
+    return None if value is None else kind(value)
 
 
-SETTINGS = load_settings()
+@dataclass(frozen=True)
+class Settings:
+    """The ProgEmu section, checked; the defaults are what an empty section means."""
+
+    node_url: str = "http://127.0.0.1:8080"
+    token: str | None = None
+    timeout: float = 30.0
+    default_seed: int | None = None
+    default_cfg_scale: float | None = None
+    max_length: int = 500
+    suggestions: tuple[str, ...] = DEFAULT_SUGGESTIONS
+
+
+def load_settings(config: dict[str, Any]) -> Settings:
+    """Settings from Orthanc's whole configuration."""
+    section = _section(config)
+    # an env-var token of digits arrives as a number (the orthancteam image parses values as JSON)
+    token = _setting(section, "Token", None, "text", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool))
+    suggestions = _setting(section, "Suggestions", Settings.suggestions, "a list of phrases",
+                           lambda v: isinstance(v, list) and all(isinstance(s, str) and s.strip() for s in v))
+    node_url = _setting(section, "NodeUrl", Settings.node_url, "an http(s) URL",
+                        lambda v: isinstance(v, str) and re.match(r"https?://[^/]", v) is not None)
+    return Settings(
+        node_url=node_url.rstrip("/"),
+        token=None if token is None else str(token),
+        timeout=_number(section, "Timeout", float, Settings.timeout, 1, 3600),
+        default_seed=_number(section, "DefaultSeed", int, None, 0),
+        default_cfg_scale=_number(section, "DefaultGuidanceScale", float, None, 0, MAX_CFG_SCALE),
+        max_length=_number(section, "MaxHypothesisLength", int, Settings.max_length, 1),
+        suggestions=tuple(s.strip() for s in suggestions),
+    )
+
+
+SETTINGS = Settings()  # register() replaces it with Orthanc's configuration
 
 
 # --- answers -------------------------------------------------------------------------------------
@@ -162,21 +200,26 @@ def _orthanc_series_id(series_uid: str) -> str | None:
 
 def _node(method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
     """Call the node's API; node-side failures become 502/404/400 Problems with a clear sentence."""
-    url = SETTINGS["node_url"]
-    if not SETTINGS["token"]:
+    url = SETTINGS.node_url
+    if not SETTINGS.token:
         raise Problem(502, "the ProgEmu plugin has no token for the node: set ProgEmu.Token in Orthanc's configuration")
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url + path, data=data, method=method, headers={
-        "Authorization": f"Bearer {SETTINGS['token']}", "Accept": "application/json",
+        "Authorization": f"Bearer {SETTINGS.token}", "Accept": "application/json",
         **({"Content-Type": "application/json"} if data is not None else {})})
     try:
-        with OPENER.open(request, timeout=SETTINGS["timeout"]) as response:
-            return response.status, json.loads(response.read() or b"null")
+        with OPENER.open(request, timeout=SETTINGS.timeout) as response:
+            status, raw = response.status, response.read()
     except urllib.error.HTTPError as error:
         status, detail = error.code, _detail(error)
-    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError and timeouts are OSErrors
+    except (OSError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
         orthanc.LogWarning(f"ProgEmu: {method} {path.split('?')[0]} -> node unreachable ({type(exc).__name__})")
         raise Problem(502, f"the ProgEmu node at {url} is not reachable ({_reason(exc)})") from None
+    else:
+        try:
+            return status, json.loads(raw or b"null")
+        except ValueError:
+            raise Problem(502, f"the ProgEmu node at {url} answered {status} without JSON") from None
     log = orthanc.LogInfo if status in (404, 422) else orthanc.LogWarning
     log(f"ProgEmu: {method} {path.split('?')[0]} -> node answered {status}")
     if status in (401, 403):
@@ -199,10 +242,23 @@ def _detail(error: urllib.error.HTTPError) -> str:
 def _reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, TimeoutError):
-        return f"no answer within {SETTINGS['timeout']:g} s"
+        return f"no answer within {SETTINGS.timeout:g} s"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     return type(reason).__name__
+
+
+def _outputs(results: Any) -> list[dict[str, Any]]:
+    """The job's ``results.outputs`` (None until it is done), as the node's API defines them. Another shape
+    means another version of the node: saying so beats showing no series."""
+    if results is None:
+        return []
+    outputs = results.get("outputs") if isinstance(results, dict) else None
+    if isinstance(outputs, list) and all(isinstance(output, dict) and isinstance(output.get("kind"), str)
+                                         and isinstance(output.get("series_instance_uid"), str) for output in outputs):
+        return outputs
+    raise Problem(502, f"the ProgEmu node at {SETTINGS.node_url} answered with results this plugin cannot read "
+                       "(are the node and the plugin the same version?)")
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -213,7 +269,7 @@ def _json_body(request: dict) -> dict:
         raise Problem(400, "the request body is too large")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # UnicodeDecodeError included
         raise Problem(400, 'the request body must be JSON, e.g. {"hypothesis": "the left pleural effusion worsens"}') \
             from None
     if not isinstance(body, dict):
@@ -232,24 +288,23 @@ def validate(body: dict) -> dict[str, Any]:
     folded = " ".join(hypothesis.split())
     if not folded:
         raise Problem(400, "the hypothesis is empty: describe the change to show, e.g. 'the effusion worsens'")
-    if len(folded) > SETTINGS["max_length"]:
-        raise Problem(400, f"the hypothesis has {len(folded)} characters; the limit is {SETTINGS['max_length']}")
+    if len(folded) > SETTINGS.max_length:
+        raise Problem(400, f"the hypothesis has {len(folded)} characters; the limit is {SETTINGS.max_length}")
     out: dict[str, Any] = {"hypothesis": hypothesis.strip()}
     seed = body.get("seed")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        if not _in_range(seed, int, 0):
             raise Problem(400, "the seed must be a whole number of 0 or more")
         out["seed"] = seed
-    elif SETTINGS["default_seed"] is not None:
-        out["seed"] = SETTINGS["default_seed"]
+    elif SETTINGS.default_seed is not None:
+        out["seed"] = SETTINGS.default_seed
     cfg = body.get("cfg_scale")
     if cfg is not None:
-        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg) \
-                or not 0.0 <= cfg <= MAX_CFG_SCALE:
+        if not _in_range(cfg, float, 0, MAX_CFG_SCALE):
             raise Problem(400, f"the guidance scale must be a number from 0 to {MAX_CFG_SCALE:g}")
         out["cfg_scale"] = float(cfg)
-    elif SETTINGS["default_cfg_scale"] is not None:
-        out["cfg_scale"] = SETTINGS["default_cfg_scale"]
+    elif SETTINGS.default_cfg_scale is not None:
+        out["cfg_scale"] = SETTINGS.default_cfg_scale
     return out
 
 
@@ -273,31 +328,38 @@ def study_counterfactuals(request: dict) -> tuple[int, Any]:
 
 @route("GET")
 def counterfactual(request: dict) -> tuple[int, Any]:
-    """The node's job plus, per result series already in Orthanc, its Orthanc id for the UI's links."""
+    """The node's job plus, per DICOM output, what the form links: a label and the series' Orthanc id
+    (None until Orthanc holds it)."""
     _, job = _node("GET", f"/v1/counterfactuals/{request['groups'][0]}")
-    series = []
-    for kind, result in (job.get("results") or {}).items():
-        if isinstance(result, dict) and isinstance(result.get("series_instance_uid"), str):
-            uid = result["series_instance_uid"]
-            series.append({"kind": kind, "uid": uid, "id": _orthanc_series_id(uid)})
-    job["orthanc_series"] = series
+    job["orthanc_series"] = [{"kind": output["kind"], "label": OUTPUT_LABELS.get(output["kind"], output["kind"]),
+                              "uid": output["series_instance_uid"],
+                              "id": _orthanc_series_id(output["series_instance_uid"])}
+                             for output in _outputs(job.get("results"))]
     return 200, job
 
 
 @route("GET")
 def form_config(request: dict) -> tuple[int, Any]:
     """What the Explorer form needs; never the node's address or token."""
-    return 200, {"suggestions": SETTINGS["suggestions"], "max_hypothesis_length": SETTINGS["max_length"],
-                 "default_seed": SETTINGS["default_seed"], "default_cfg_scale": SETTINGS["default_cfg_scale"],
+    return 200, {"suggestions": SETTINGS.suggestions, "max_hypothesis_length": SETTINGS.max_length,
+                 "default_seed": SETTINGS.default_seed, "default_cfg_scale": SETTINGS.default_cfg_scale,
                  "max_cfg_scale": MAX_CFG_SCALE, "notice": NOTICE}
 
 
-orthanc.RegisterRestCallback(f"/progemu/studies/({ORTHANC_ID})/counterfactuals", study_counterfactuals)
-orthanc.RegisterRestCallback(f"/progemu/counterfactuals/({JOB_ID})", counterfactual)
-orthanc.RegisterRestCallback("/progemu/config", form_config)
+def register() -> None:
+    """Read the settings, then add the routes and the form to Orthanc: the plugin's start."""
+    global SETTINGS
+    SETTINGS = load_settings(json.loads(orthanc.GetConfiguration()))
+    orthanc.RegisterRestCallback(f"/progemu/studies/({ORTHANC_ID})/counterfactuals", study_counterfactuals)
+    orthanc.RegisterRestCallback(f"/progemu/counterfactuals/({JOB_ID})", counterfactual)
+    orthanc.RegisterRestCallback("/progemu/config", form_config)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "explorer.js"), encoding="utf-8") as script:
+        orthanc.ExtendOrthancExplorer(script.read())
+    orthanc.LogWarning(f"ProgEmu: plugin ready; node at {SETTINGS.node_url}"
+                       + ("" if SETTINGS.token else " (no ProgEmu.Token set: requests will fail)"))
 
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "explorer.js"), encoding="utf-8") as script:
-    orthanc.ExtendOrthancExplorer(script.read())
 
-orthanc.LogWarning(f"ProgEmu: plugin ready; node at {SETTINGS['node_url']}"
-                   + ("" if SETTINGS["token"] else " (no ProgEmu.Token set: requests will fail)"))
+# Orthanc imports this file (its PythonScript) into an interpreter where `orthanc` is a built-in module; tests
+# import it with a stand-in `orthanc` module and call register() themselves. No second loader file to keep.
+if "orthanc" in sys.builtin_module_names:
+    register()

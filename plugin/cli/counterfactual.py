@@ -1,0 +1,52 @@
+"""``progemu counterfactual`` and ``progemu demo``: one counterfactual from a prior image, written to a folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from plugin.cli.options import GENERATION_FIELDS, add_settings_options, sampler, settings
+from plugin.cli.progress import StageBars
+from plugin.config import DEMO_PRIOR
+from plugin.errors import UsageError
+
+DEMO_HYPOTHESIS = "A moderate left pleural effusion has developed."
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    cf = commands.add_parser("counterfactual", help="generate a counterfactual from a prior DICOM image")
+    cf.add_argument("prior", type=Path, help="the prior image (CR, DX or grayscale SC)")
+    cf.add_argument("--hypothesis", required=True, help='e.g. "the left pleural effusion worsens"')
+    cf.add_argument("--out", type=Path, default=Path("progemu-output"), help="output directory")
+    add_settings_options(cf, GENERATION_FIELDS)
+    cf.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="run on the shipped synthetic prior with the shipped demo model")
+    demo.add_argument("--hypothesis", default=DEMO_HYPOTHESIS, help=f'default: "{DEMO_HYPOTHESIS}"')
+    demo.add_argument("--out", type=Path, default=Path("progemu-demo"), help="output directory")
+    add_settings_options(demo, GENERATION_FIELDS)
+    demo.set_defaults(handler=_run, prior=DEMO_PRIOR)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from inference.model import quiet_transformers
+    from plugin.counterfactual import load_use_case, write_outputs
+
+    if not args.prior.is_file():
+        raise UsageError(f"prior image {args.prior} does not exist")
+    config = settings(args)
+    request = sampler(args, config)
+    started = time.perf_counter()
+    quiet_transformers()
+    service = load_use_case(config)
+    with StageBars("tok", leave=False) as bars:
+        outputs = service.run(args.prior, args.hypothesis, request,
+                              progress=lambda done, total: bars("generating", done, total))
+    paths = write_outputs(outputs, args.out)
+    result = outputs.result
+    print(f"wrote {', '.join(p.name for p in paths.values())} to {args.out} in {time.perf_counter() - started:.1f} s"
+          f" | {outputs.algorithm.name} {outputs.algorithm.version} ({service.pipeline.engine.name})"
+          f" | seed {result.settings.seed}"
+          f" | {result.generated_tokens} tokens in {result.seconds:.1f} s"
+          f" | interpretation: {result.interpretation[:120]!r}")
