@@ -7,7 +7,7 @@
 #                               when pyproject.toml changes
 #   $(VENV)/.stamp-fhir-server  npm ci of the FHIR test server (tests/fhir_server); redone when its lock
 #                               file changes
-# `make setup` does both; demo, test and lint depend on it.
+# `make setup` does all three; demo, test and lint depend on it.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -37,7 +37,7 @@ help:
 	@echo "make setup      system packages (root) + $(VENV) with torch CPU and the project"
 	@echo "make demo       run 'progemu demo' into out/demo"
 	@echo "make test       run the test suite (PYTEST_ARGS='-k sc -x' to narrow)"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff, mypy, and the package boundaries (lint-imports; contracts in pyproject.toml)"
 	@echo "make clean      remove outputs and caches (keeps $(VENV)); make distclean also removes $(VENV)"
 
 setup: $(INSTALL_STAMP) $(FHIR_STAMP)
@@ -74,11 +74,16 @@ demo: $(INSTALL_STAMP)
 test: $(INSTALL_STAMP) $(FHIR_STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# Static checks, all configured in pyproject.toml: style (ruff), types (mypy over plugin, inference, dicom_io,
+# benchmarks and scripts) and the package boundaries (import-linter: inference imports no DICOM code,
+# dicom_io no model code, neither the application). tests/test_import_boundaries.py repeats the last one.
 lint: $(INSTALL_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf out test-artifacts build dist .pytest_cache .ruff_cache ./*.egg-info
+	rm -rf out test-artifacts build dist .pytest_cache .ruff_cache .mypy_cache .import_linter_cache ./*.egg-info
 	find . -path ./$(VENV) -prune -o -path ./.git -prune -o -type d -name __pycache__ -exec rm -rf {} +
 
 distclean: clean

@@ -16,15 +16,18 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from inference.checkpoint import ONNX_DIR
+from inference.engines.base import Engine
 from inference.engines.torch_engine import TorchEngine
 from inference.model import ProgEmuModel, load_progemu, quiet_transformers
 from inference.onnx_verify import test_image
+from inference.pipeline import GenerativeModel
 from inference.sampler import GenerationState, Sampler, SamplerSettings
 from inference.sequence import TokenLayout
 
@@ -52,11 +55,10 @@ class GridConstraint:
         return [forced] if forced is not None else state.candidates().tolist()
 
     def _new(self) -> GenerationState:
-        return GenerationState(self.layout, self.grid, self.grid, min_text=self.settings.min_text_tokens,
-                               max_text=self.settings.max_text_tokens)
+        return Sampler(self.settings, self.layout, self.grid, self.grid).state  # checks the settings are resolved
 
 
-def prompts(model) -> tuple[list[int], list[int], int]:  # noqa: ANN001 - a torch or ONNX model
+def prompts(model: GenerativeModel) -> tuple[list[int], list[int], int]:
     """The same prompt for every engine: the test image as prior, the benchmark hypothesis."""
     codes = model.vision.encode(test_image(model.spec.image_size)[None])[0]
     grid = codes.shape[0]
@@ -70,8 +72,7 @@ def run_generate(model: ProgEmuModel, settings: SamplerSettings,
     device = model.lm_head.weight.device
     cond = torch.tensor([cond_ids], device=device)
     uncond = torch.tensor([uncond_ids], device=device)
-    total = GenerationState(model.layout, grid, grid, min_text=settings.min_text_tokens,
-                            max_text=settings.max_text_tokens).total
+    total = Sampler(settings, model.layout, grid, grid).state.total
     torch.manual_seed(settings.seed)
     started = time.perf_counter()
     out = model.generator.generate(
@@ -86,7 +87,7 @@ def run_generate(model: ProgEmuModel, settings: SamplerSettings,
     return out.shape[1] - cond.shape[1], time.perf_counter() - started
 
 
-def run_engine(engine, model, settings: SamplerSettings) -> tuple[int, float]:  # noqa: ANN001
+def run_engine(engine: Engine, model: GenerativeModel, settings: SamplerSettings) -> tuple[int, float]:
     """Our decode loop alone (no VQ encode/decode), timed like ``generate``."""
     cond, uncond, grid = prompts(model)
     started = time.perf_counter()
@@ -94,7 +95,7 @@ def run_engine(engine, model, settings: SamplerSettings) -> tuple[int, float]:  
     return len(tokens), time.perf_counter() - started
 
 
-def measure(name: str, fn, repeats: int) -> dict:  # noqa: ANN001
+def measure(name: str, fn: Callable[[], tuple[int, float]], repeats: int) -> dict:
     fn()  # warm-up: first-call allocations and kernel selection are not what a worker pays per request
     runs = [fn() for _ in range(repeats)]
     tokens = runs[0][0]

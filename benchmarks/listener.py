@@ -11,6 +11,7 @@ before answering success; storescp does not.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shutil
 import statistics
@@ -30,7 +31,7 @@ from dicom_io.listener import Listener, ListenerConfig  # noqa: E402
 from dicom_io.peers import DicomPeer  # noqa: E402
 from dicom_io.spool import Spool  # noqa: E402
 from dicom_io.synthetic import build_synthetic_image  # noqa: E402
-from tests.net import free_port, wait_for  # noqa: E402
+from tests.support.net import free_port, wait_for  # noqa: E402
 
 log = logging.getLogger("benchmarks.listener")
 SENDER = "BENCHSCU"
@@ -117,9 +118,9 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
 
 def latency(work: Path) -> None:
     """Request -> SR in Orthanc, with the demo model, through `progemu serve` (embedded worker)."""
-    from tests.node_server import NodeServer
-    from tests.orthanc_server import PASSWORD, USER, OrthancServer
-    from tests.studies import fresh_prior
+    from tests.support.node_server import NodeServer
+    from tests.support.orthanc_server import PASSWORD, USER, OrthancServer
+    from tests.support.studies import fresh_prior
 
     node_port = free_port()
     orthanc = OrthancServer(work / "orthanc", modalities={"PROGEMU": ["PROGEMU", "127.0.0.1", node_port]}).start()
@@ -137,7 +138,7 @@ def latency(work: Path) -> None:
                                 "hypothesis": "The left pleural effusion worsens.", "series_instance_uids": [
                                     prior.SeriesInstanceUID] if index % 2 else []}).json()["id"]
             sr_uid = node.wait_until(job_id, {"done"}, interval=0.05)["results"]["sr"]["sop_instance_uid"]
-            wait_for(lambda uid=sr_uid: orthanc.client.instances.lookup(uid), 60, "the SR in Orthanc", interval=0.05)
+            wait_for(functools.partial(orthanc.client.instances.lookup, sr_uid), 60, "the SR in Orthanc", interval=0.05)
             times.append(time.perf_counter() - started)
             log.info("request %d: %.2f s", index, times[-1])
         named, quiet = times[1::2], times[0::2]

@@ -15,15 +15,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes it at run time
 from pynetdicom.status import Status
 
 from dicom_io.completion import StudyArrival, StudyTracker
 from dicom_io.peers import DicomPeer
 from dicom_io.spool import Spool, SpoolFullError
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ class ListenerConfig:
 
 def _addresses(host: str) -> set[str]:
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None)}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}  # IPv4/IPv6: the address is a str
     except OSError:
         log.warning("peer host %s does not resolve; its calls are refused", host)
         return set()
@@ -80,7 +84,7 @@ class Listener:
         self.tracker = StudyTracker(config.quiet_seconds, clock)
         self.on_complete = on_complete
         self.is_own_output = is_own_output
-        self._server = None
+        self._server: ThreadedAssociationServer | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         if not config.peers:
@@ -94,12 +98,17 @@ class Listener:
         return any(peer.ae_title == title and address in _addresses(peer.host) for peer in self.config.peers)
 
     def _on_requested(self, event: evt.Event) -> None:
-        title = event.assoc.requestor.primitive.calling_ae_title
+        request = event.assoc.requestor.primitive  # the A-ASSOCIATE-RQ: pynetdicom sets it before EVT_REQUESTED
         address = event.assoc.requestor.address
-        if not self.admit(title, address):
-            log.warning("refused association from AE %r at %s: not an allowed peer", title.strip(), address)
-            event.assoc.acse.send_reject(*_REJECT_UNKNOWN_CALLER)
-            event.assoc.kill()  # as pynetdicom's own rejection does: lets the DUL flush the A-ASSOCIATE-RJ
+        if request is None:  # never expected; raising here would let pynetdicom go on to accept the association
+            log.error("refused association from %s: pynetdicom passed on no A-ASSOCIATE-RQ", address)
+        elif self.admit(request.calling_ae_title, address):
+            return
+        else:
+            log.warning("refused association from AE %r at %s: not an allowed peer",
+                        request.calling_ae_title.strip(), address)
+        event.assoc.acse.send_reject(*_REJECT_UNKNOWN_CALLER)
+        event.assoc.kill()  # as pynetdicom's own rejection does: lets the DUL flush the A-ASSOCIATE-RJ
 
     # --- services ---------------------------------------------------------------------------------
 
@@ -139,6 +148,8 @@ class Listener:
         ae.maximum_associations = self.config.max_associations
         ae.maximum_pdu_size = self.config.max_pdu_bytes
         for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is None:  # pynetdicom's storage contexts each name their SOP class
+                raise RuntimeError("a pynetdicom storage presentation context has no abstract syntax")
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         return ae
@@ -150,14 +161,17 @@ class Listener:
             if not self.config.tls_key:
                 raise ValueError("tls_cert needs tls_key")
             ssl_context = tls_server_context(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)
-        handlers = [(evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo),
-                    (evt.EVT_C_STORE, self._on_store)]
-        self._server = self._application_entity().start_server(
+        handlers: list[evt.EventHandlerType] = [
+            (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
+        server = self._application_entity().start_server(
             (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
+        if server is None:  # start_server returns None only when it blocked until shutdown
+            raise RuntimeError("pynetdicom returned no server from a non-blocking start")
+        self._server = server
         self._stop.clear()
         self._poller = threading.Thread(target=self._poll, name="study-completion", daemon=True)
         self._poller.start()
-        host, port = self._server.server_address[:2]
+        host, port = server.server_address[:2]
         log.info("DICOM listener %s on %s:%d%s", self.config.ae_title, host, port, " (TLS)" if ssl_context else "")
         return host, port
 

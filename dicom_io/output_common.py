@@ -13,8 +13,9 @@ import highdicom
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
-from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord
+from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, ConsistencyCheck, InputCheck, ResultChecks
 
 UTF8 = "ISO_IR 192"
 """Always UTF-8: the hypothesis is free text in any language, and the prior's names re-encode losslessly."""
@@ -78,6 +79,67 @@ def provenance(algorithm: AlgorithmRecord) -> str:
 def generation_settings(algorithm: AlgorithmRecord) -> dict[str, str]:
     """Checkpoint hash, then the sampler settings by name: what reruns the exact generation (SR and FHIR alike)."""
     return {"checkpoint_sha256": algorithm.checkpoint_sha256, **dict(sorted(algorithm.parameters.items()))}
+
+
+OUTSIDE_TRAINING_DATA = "OUTSIDE THE TRAINING DATA (research override)"
+"""How a result from a prior the input gate would have refused is marked wherever it is shown."""
+
+
+def marking_parts(checks: ResultChecks) -> list[str]:
+    """What a flagged result is marked with on every output, one part per failed check; none for a normal one."""
+    parts = []
+    if checks.consistency.consistent is False:
+        parts.append(checks.consistency.summary)
+    if checks.input.overridden:
+        parts.append(OUTSIDE_TRAINING_DATA)
+    return parts
+
+
+def result_marking(checks: ResultChecks) -> str:
+    """The marking as one line ("" for a normal result)."""
+    return " \u2014 ".join(marking_parts(checks))
+
+
+def marked(value: str, checks: ResultChecks) -> str:
+    """``value`` led by the marking of a flagged result: first, so no cut of a long text behind it can lose it."""
+    marking = result_marking(checks)
+    return f"{marking.rstrip('.')}. {value}" if marking else value
+
+
+def check_rows(checks: ResultChecks) -> list[tuple[str, str]]:
+    """(label, text) of the checks, as the report page and the preview both list them."""
+    return [("Input check", checks.input.summary), ("Consistency", checks.consistency.summary)]
+
+
+PRIVATE_SCHEME = "99PROGEMU"
+"""Private coding scheme for the concepts no standard terminology has; the SR declares it."""
+INPUT_CHECK = Code("PGM003", PRIVATE_SCHEME, "Input check")
+OOD_SCORE = Code("PGM004", PRIVATE_SCHEME, "Out-of-distribution score")
+OOD_LIMIT = codes.DCM.ThresholdValue
+"""DCM 122411: the calibrated limit the score is held against."""
+RESEARCH_OVERRIDE = Code("PGM005", PRIVATE_SCHEME, "Research override")
+CONSISTENCY = Code("PGM006", PRIVATE_SCHEME, "Consistent with the hypothesis")
+SCORE_UNIT = Code("{score}", "UCUM", "score")
+"""A dimensionless score (a UCUM annotation, i.e. unity)."""
+
+
+def input_verdict(check: InputCheck) -> Code:
+    """Inside or outside the algorithm's operational limits (CID 800), or Undetermined without a calibrated limit."""
+    if check.limit is None:
+        return codes.SCT.Undetermined
+    if check.within_limit:
+        return codes.DCM.InsideOperationalLimitsOfTheDevice
+    return codes.DCM.OutsideOperationalLimitsOfTheDevice
+
+
+def consistency_verdict(check: ConsistencyCheck) -> Code:
+    """Yes, No or Undetermined (CID 230 Yes-No): the SR's and FHIR's coded answer to "consistent?"."""
+    return {True: codes.SCT.Yes, False: codes.SCT.No, None: codes.SCT.Undetermined}[check.consistent]
+
+
+def yes_no(value: bool) -> Code:
+    """CID 231 Yes-No Only."""
+    return codes.SCT.Yes if value else codes.SCT.No
 
 
 def quantize(values: np.ndarray) -> np.ndarray:

@@ -56,6 +56,8 @@ class SourceGeometry:
     laterality: str | None
     """ImageLaterality (the image's own, in DX and CR), else the series' Laterality: the image-level value wins."""
     body_part: str | None
+    view_position: str | None = None
+    """The projection (PA, AP, LL, ...): which way the beam went, so the gate can refuse laterals."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,6 +74,7 @@ class SourceGeometry:
             patient_orientation=(str(orientation[0]), str(orientation[1])) if orientation else None,
             laterality=laterality,
             body_part=str(ds.BodyPartExamined) if _present(ds, "BodyPartExamined") else None,
+            view_position=str(ds.ViewPosition) if _present(ds, "ViewPosition") else None,
         )
 
 
@@ -92,7 +95,7 @@ class PriorImage:
     geometry: SourceGeometry
 
 
-def _printable(value: object) -> str:
+def printable(value: object) -> str:
     """A header value safe for a one-line message: values from a malformed file could hold anything."""
     return re.sub(r"[^\x20-\x7e]", "?", str(value))[:64] or "unknown"
 
@@ -115,8 +118,8 @@ def _check_header(ds: pydicom.Dataset, max_pixels: int) -> None:
     if not sop_class:  # Type 1 in every IOD; pydicom stops quietly where a file ends, so this is mostly truncation
         raise NotDicomError("the header has no SOP Class UID: the file is truncated or not a DICOM image")
     if sop_class not in RADIOGRAPHY and sop_class not in SECONDARY_CAPTURE:
-        raise UnsupportedImageError(f"modality {_printable(ds.get('Modality', ''))} (SOP class "
-                                    f"{_printable(sop_class)}) is not supported: the prior must be CR, DX or a "
+        raise UnsupportedImageError(f"modality {printable(ds.get('Modality', ''))} (SOP class "
+                                    f"{printable(sop_class)}) is not supported: the prior must be CR, DX or a "
                                     "grayscale Secondary Capture")
     if "PixelData" not in ds:
         raise NoPixelDataError("the object has no pixel data: a truncated file, or not an image")
@@ -126,7 +129,7 @@ def _check_header(ds: pydicom.Dataset, max_pixels: int) -> None:
                                     "a single radiograph")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if int(ds.get("SamplesPerPixel") or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise UnsupportedImageError(f"colour images ({_printable(photometric)}) are not supported: the prior must "
+        raise UnsupportedImageError(f"colour images ({printable(photometric)}) are not supported: the prior must "
                                     "be grayscale")
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows <= 0 or columns <= 0:
@@ -150,7 +153,7 @@ def _decode(ds: pydicom.Dataset) -> np.ndarray:
         return ds.pixel_array
     except Exception as exc:  # every decoder failure means the same thing to the user
         meta = getattr(ds, "file_meta", None)
-        syntax = _printable(meta.get("TransferSyntaxUID", "")) if meta else "unknown"
+        syntax = printable(meta.get("TransferSyntaxUID", "")) if meta else "unknown"
         raise NotDicomError(f"the pixel data cannot be decoded ({type(exc).__name__}): truncated or an unsupported "
                             f"transfer syntax ({syntax})") from None
 
@@ -209,5 +212,5 @@ def read_prior(source: str | os.PathLike | bytes | pydicom.Dataset, *, max_pixel
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise NotDicomError(f"the DICOM header is malformed ({type(exc).__name__}): a required image attribute is "
                             "missing or invalid") from None
-    log.debug("read a %s prior of %dx%d", _printable(ds.get("Modality", "")), geometry.rows, geometry.columns)
+    log.debug("read a %s prior of %dx%d", printable(ds.get("Modality", "")), geometry.rows, geometry.columns)
     return PriorImage(pixels, ds, geometry)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove, Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # pynetdicom makes its SOP classes at run time
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
 
 from dicom_io.peers import DicomPeer

@@ -11,10 +11,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from boltons.fileutils import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +111,11 @@ class Spool:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    """Written, fsynced and renamed into place: a crash leaves the old file or the new one, never a part."""
+    """Written, fsynced and renamed into place, then the rename made durable: a crash leaves the old file or
+    the new one, never a part (the spool answers success only after this)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_save(str(target), part_file=f".incoming-{uuid.uuid4().hex}.part") as stream:
+        stream.write(data)
     _fsync_directory(target.parent)
 
 

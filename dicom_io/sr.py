@@ -3,10 +3,12 @@
 TID 1500 Measurement Report, observed by the algorithm as a DEVICE, with one
 TID 1501 group holding the TID 4019 algorithm identification (name, version,
 hypothesis, seed, sampler settings, checkpoint hash), the prior as the source
-image, the hypothesis and interpretation as TEXT, and a reference to the
-counterfactual SC. Contributing Equipment names the algorithm with the IHE
-"Processing Algorithm" purpose, which highdicom's ContributingEquipment does not
-accept (it allows DCM codes only), so that item is written by hand.
+image, the result's checks (the input gate's score, limit and override, and the
+consistency with the hypothesis) as NUM, CODE and TEXT items, the hypothesis and
+interpretation as TEXT, and a reference to the counterfactual SC. Contributing
+Equipment names the algorithm with the IHE "Processing Algorithm" purpose, which
+highdicom's ContributingEquipment does not accept (it allows DCM codes only), so
+that item is written by hand.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from highdicom.sr import (
     Comprehensive3DSR,
     DeviceObserverIdentifyingAttributes,
     ImageContentItem,
+    Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    QualitativeEvaluation,
     RelationshipTypeValues,
     SourceImageForMeasurementGroup,
     TextContentItem,
@@ -35,13 +39,25 @@ from highdicom.sr import (
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_io.output_common import UTF8, Equipment, generation_settings, series_description
-from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText
+from dicom_io.output_common import (
+    CONSISTENCY,
+    INPUT_CHECK,
+    OOD_LIMIT,
+    OOD_SCORE,
+    PRIVATE_SCHEME,
+    RESEARCH_OVERRIDE,
+    SCORE_UNIT,
+    UTF8,
+    Equipment,
+    consistency_verdict,
+    generation_settings,
+    input_verdict,
+    series_description,
+    yes_no,
+)
+from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText, ResultChecks
 
 log = logging.getLogger(__name__)
-
-PRIVATE_SCHEME = "99PROGEMU"
-"""Private coding scheme for the two concepts no standard terminology has; declared in the SR."""
 
 PROCEDURE_REPORTED = CodedConcept("36554-4", "LN", "XR Chest Single view")
 """The imaging procedure the report is about: one chest radiograph (the prior), not the algorithm."""
@@ -71,6 +87,7 @@ def build_counterfactual_sr(
     *,
     algorithm: AlgorithmRecord,
     text: CounterfactualText,
+    checks: ResultChecks,
     series_number: int = 9902,
 ) -> Comprehensive3DSR:
     """Build the SR describing how ``sc`` was generated from ``prior``; same patient and study, new series."""
@@ -80,7 +97,7 @@ def build_counterfactual_sr(
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=_device_observer(equipment)),
         procedure_reported=PROCEDURE_REPORTED,
-        imaging_measurements=[_counterfactual_group(prior, sc, algorithm, text)],
+        imaging_measurements=[_counterfactual_group(prior, sc, algorithm, text, checks)],
     )
     now = datetime.datetime.now()
     sr = Comprehensive3DSR(
@@ -102,7 +119,8 @@ def build_counterfactual_sr(
         transfer_syntax_uid=ExplicitVRLittleEndian,
         specific_character_set=UTF8,
     )
-    sr.ContributingEquipmentSequence.append(_algorithm_equipment(equipment, algorithm))
+    # through the element: highdicom types the attribute as its ContributingEquipment, which refuses IHE AIR's code
+    sr["ContributingEquipmentSequence"].value.append(_algorithm_equipment(equipment, algorithm))
     log.debug("built counterfactual SR %s for SC %s", sr.SOPInstanceUID, sc.SOPInstanceUID)
     return sr
 
@@ -126,7 +144,8 @@ def _device_observer(equipment: Equipment) -> ObserverContext:
 
 
 def _counterfactual_group(
-    prior: pydicom.Dataset, sc: pydicom.Dataset, algorithm: AlgorithmRecord, text: CounterfactualText
+    prior: pydicom.Dataset, sc: pydicom.Dataset, algorithm: AlgorithmRecord, text: CounterfactualText,
+    checks: ResultChecks,
 ) -> MeasurementsAndQualitativeEvaluations:
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=highdicom.UID(), identifier="Counterfactual progression"),
@@ -138,9 +157,13 @@ def _counterfactual_group(
             manufacturer=algorithm.manufacturer,
         ),
         source_images=[SourceImageForMeasurementGroup.from_source_image(prior)],
+        measurements=_check_measurements(checks),
+        qualitative_evaluations=_check_evaluations(checks),
     )
     contains = RelationshipTypeValues.CONTAINS
     group[0].ContentSequence.extend([
+        TextContentItem(name=INPUT_CHECK, value=checks.input.summary, relationship_type=contains),
+        TextContentItem(name=CONSISTENCY, value=checks.consistency.summary, relationship_type=contains),
         TextContentItem(name=HYPOTHESIS, value=text.hypothesis, relationship_type=contains),
         TextContentItem(name=INTERPRETATION, value=text.interpretation, relationship_type=contains),
         TextContentItem(name=NOTICE, value=SYNTHETIC_NOTICE, relationship_type=contains),
@@ -152,6 +175,21 @@ def _counterfactual_group(
         ),
     ])
     return group
+
+
+def _check_measurements(checks: ResultChecks) -> list[Measurement]:
+    """TID 300 NUM rows: the score and, when the checkpoint was calibrated, the limit it was held against."""
+    values = [(OOD_SCORE, checks.input.score), (OOD_LIMIT, checks.input.limit)]
+    return [Measurement(name=name, value=value, unit=SCORE_UNIT) for name, value in values if value is not None]
+
+
+def _check_evaluations(checks: ResultChecks) -> list[QualitativeEvaluation]:
+    """The checks' verdicts as standard values, so software can find a flagged result without reading text."""
+    return [
+        QualitativeEvaluation(name=INPUT_CHECK, value=input_verdict(checks.input)),
+        QualitativeEvaluation(name=RESEARCH_OVERRIDE, value=yes_no(checks.input.overridden)),
+        QualitativeEvaluation(name=CONSISTENCY, value=consistency_verdict(checks.consistency)),
+    ]
 
 
 def _algorithm_equipment(equipment: Equipment, algorithm: AlgorithmRecord) -> pydicom.Dataset:

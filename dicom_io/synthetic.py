@@ -12,14 +12,23 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from pydicom.valuerep import DSfloat
 
-SOP_CLASSES = {
-    ("DX", "FOR PRESENTATION"): "1.2.840.10008.5.1.4.1.1.1.1",
-    ("DX", "FOR PROCESSING"): "1.2.840.10008.5.1.4.1.1.1.1.1",
-    ("CR", ""): "1.2.840.10008.5.1.4.1.1.1",
-    ("OT", ""): "1.2.840.10008.5.1.4.1.1.7",
+SOP_CLASSES: dict[tuple[str, str], UID] = {
+    ("DX", "FOR PRESENTATION"): DigitalXRayImageStorageForPresentation,  # 1.2.840.10008.5.1.4.1.1.1.1
+    ("DX", "FOR PROCESSING"): DigitalXRayImageStorageForProcessing,  # 1.2.840.10008.5.1.4.1.1.1.1.1
+    ("CR", ""): ComputedRadiographyImageStorage,  # 1.2.840.10008.5.1.4.1.1.1
+    ("OT", ""): SecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7
 }
 PHANTOM_COMMENT = "SYNTHETIC PHANTOM - not a patient acquisition"
 

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import Emu3Config, Emu3ForConditionalGeneration, PreTrainedTokenizerFast
+from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3TextConfig, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
 from inference.checkpoint import SPEC_NAME, check_safetensors, read_json, weight_files, write_manifest
 from inference.errors import CheckpointError
 from inference.sequence import BOS, EOS, IMAGE_END, IMAGE_START, IMAGE_TOKEN, PAD, visual_token_name
+from inference.text_tokenizer import vocabulary_map
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, vision_dir: str |
     text["attention_dropout"] = 0.0
     vq = {new: vq_config[old] for old, new in VQ_CONFIG_KEYS.items() if old in vq_config}
     vq["hidden_size"] = int(vq_config["ch"]) * int(vq_config["ch_mult"][-1])  # the mid-block attention's width
-    vocabulary_map = {tokenizer.convert_ids_to_tokens(i): i for i in range(len(tokenizer))}
-    config = Emu3Config(text_config=text, vq_config=vq, vocabulary_map=vocabulary_map)
+    config = Emu3Config(text_config=text, vq_config=vq, vocabulary_map=vocabulary_map(tokenizer))
     with torch.device("meta"):
         model = Emu3ForConditionalGeneration(config)
     state = {**_rename(_load_weights(llm_dir), LM_KEYS), **_rename(_load_weights(vq_dir), VQ_KEYS)}
@@ -113,9 +113,11 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, vision_dir: str |
     except RuntimeError as exc:
         raise CheckpointError(f"weight shapes do not match the configuration: {str(exc).splitlines()[1].strip()}") \
             from None
-    if len(tokenizer) > config.text_config.vocab_size:
+    text_config = config.text_config
+    assert isinstance(text_config, Emu3TextConfig)  # Emu3Config builds it from the dict (typed as either)
+    if len(tokenizer) > text_config.vocab_size:
         raise CheckpointError(f"the vocabulary ({len(tokenizer)}) is larger than the model's "
-                              f"({config.text_config.vocab_size})")
+                              f"({text_config.vocab_size})")
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

@@ -36,7 +36,7 @@ from inference.checkpoint import (
 from inference.errors import CheckpointError
 from inference.sequence import PromptBuilder, TokenLayout
 from inference.small_vq import SmallVisionTokenizer, SmallVQVAE
-from inference.text_tokenizer import build_byte_tokenizer
+from inference.text_tokenizer import build_byte_tokenizer, vocabulary_map
 from inference.vision_tokenizer import Emu3VisionTokenizer, VisionTokenizer
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class ModelSpec:
     image_size: int = 512
     max_text_tokens: int = 200
     description: str = ""
+    ood: dict | None = None
+    """The out-of-distribution calibration ``inference.ood.calibrate`` writes; None: not calibrated."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
@@ -88,6 +90,12 @@ class ProgEmuModel:
         return self.spec.image_size // self.vision.downsample
 
 
+def read_spec(directory: Path) -> ModelSpec:
+    """A checkpoint's ``progemu.json`` (name, version, image size, limits, calibration), or the defaults."""
+    spec_path = Path(directory) / SPEC_NAME
+    return ModelSpec.from_dict(read_json(spec_path)) if spec_path.exists() else ModelSpec()
+
+
 def quiet_transformers() -> None:
     """transformers' own progress bars and notices would drown ours; its errors still show."""
     from transformers.utils import logging as hf_logging
@@ -114,14 +122,14 @@ def _architecture(config: dict, directory: Path) -> str:
 
 
 def _load_modules(directory: Path, architecture: str, dtype: torch.dtype
-                  ) -> tuple[torch.nn.Module, torch.nn.Module, VisionTokenizer]:
+                  ) -> tuple[torch.nn.Module, Emu3ForConditionalGeneration | Emu3ForCausalLM, VisionTokenizer]:
     """(all modules, the generate-capable model, the image tokenizer) for one layout."""
     if architecture == "conditional-generation":
         network = Emu3ForConditionalGeneration.from_pretrained(directory, dtype=dtype)
         return network, network, Emu3VisionTokenizer(network.model.vqmodel)
-    network = Emu3ForCausalLM.from_pretrained(directory, dtype=dtype)
+    language_model = Emu3ForCausalLM.from_pretrained(directory, dtype=dtype)
     vq = SmallVQVAE.load(directory / SMALL_VQ_DIR)
-    return torch.nn.ModuleDict({"lm": network, "vq": vq}), network, SmallVisionTokenizer(vq)
+    return torch.nn.ModuleDict({"lm": language_model, "vq": vq}), language_model, SmallVisionTokenizer(vq)
 
 
 def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ProgEmuModel:
@@ -136,8 +144,7 @@ def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = 
     if not (directory / "tokenizer.json").exists() and not (directory / "tokenizer_config.json").exists():
         raise CheckpointError(f"checkpoint {directory} lacks its tokenizer (tokenizer.json)")
     identity = checkpoint_identity(directory)
-    spec_path = directory / SPEC_NAME
-    spec = ModelSpec.from_dict(read_json(spec_path)) if spec_path.exists() else ModelSpec()
+    spec = read_spec(directory)
     try:
         holder, generator, vision = _load_modules(directory, architecture, dtype)
         holder.to(device).eval()
@@ -146,7 +153,8 @@ def load_progemu(path: str | Path, *, device: str = "cpu", dtype: torch.dtype = 
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot load {directory}: {first_line}") from None
     layout = TokenLayout.from_tokenizer(tokenizer, vision.codebook_size)
-    text_model = generator.model.text_model if architecture == "conditional-generation" else generator.model
+    # the conditional-generation layout nests the text model one level deeper
+    text_model = generator.model.text_model if isinstance(generator, Emu3ForConditionalGeneration) else generator.model
     vocab = text_model.config.vocab_size
     if layout.visual_offset + layout.codebook_size > vocab:
         raise CheckpointError(f"the tokenizer's visual tokens run past the model's vocabulary of {vocab}")
@@ -168,7 +176,6 @@ def build_small_progemu(
     """A small random-init ProgEmu: full Emu3 architecture, byte tokenizer, small VQ codebook."""
     tokenizer = build_byte_tokenizer(codebook_size)
     layout = TokenLayout.from_tokenizer(tokenizer, codebook_size)
-    vocabulary_map = {tokenizer.convert_ids_to_tokens(i): i for i in range(len(tokenizer))}
     text = Emu3TextConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 3,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
@@ -178,7 +185,7 @@ def build_small_progemu(
     vq = Emu3VQVAEConfig(codebook_size=codebook_size, base_channels=vq_base_channels,
                          channel_multiplier=[1, 2, 2, 4], num_res_blocks=1, attn_resolutions=[],
                          hidden_size=vq_base_channels * 4, num_attention_heads=1)
-    config = Emu3Config(vq_config=vq.to_dict(), text_config=text.to_dict(), vocabulary_map=vocabulary_map)
+    config = Emu3Config(vq_config=vq.to_dict(), text_config=text.to_dict(), vocabulary_map=vocabulary_map(tokenizer))
     torch.manual_seed(seed)
     network = Emu3ForConditionalGeneration(config).eval()
     return network, tokenizer

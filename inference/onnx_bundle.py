@@ -76,10 +76,12 @@ class OnnxSpec:
     version: str
     image_size: int
     max_text_tokens: int
+    ood: dict | None = None
+    """The checkpoint's out-of-distribution calibration, copied at export or by ``inference.ood.calibrate``."""
 
 
 class OnnxVisionTokenizer:
-    """The exported VQ encoder and decoder as a VisionTokenizer (NumPy in, NumPy out)."""
+    """The exported VQ encoder and decoder as an ``ImageCodec`` (NumPy in, NumPy out)."""
 
     def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, downsample: int,
                  codebook_size: int) -> None:
@@ -93,7 +95,14 @@ class OnnxVisionTokenizer:
         return self.encoder.run(None, {"images": images})[0].astype(np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        images = self.decoder.run(None, {"codes": np.ascontiguousarray(codes, dtype=np.int64)})[0]
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        batch = self.decoder.get_inputs()[0].shape[0]
+        if isinstance(batch, int) and len(codes) != batch:
+            # the exporter fixes the batch of Emu3's VQ decoder at its traced 2: run the graph on groups of that
+            # size, the last one filled up with repeats (a prior scored alone is a batch of one)
+            filled = np.concatenate([codes, np.repeat(codes[-1:], -len(codes) % batch, axis=0)])
+            return np.concatenate([self.decode(group) for group in np.split(filled, len(filled) // batch)])[:len(codes)]
+        images = self.decoder.run(None, {"codes": codes})[0]
         return np.clip(images, 0.0, 1.0).astype(np.float32)
 
 

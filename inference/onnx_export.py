@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import onnx
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, Emu3TextModel
 
 from inference.checkpoint import sha256_file
 from inference.model import ProgEmuModel
@@ -33,12 +33,13 @@ _EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with
 class _LanguageModel(torch.nn.Module):
     """Flat tensors in and out around transformers' text model and its DynamicCache."""
 
-    def __init__(self, text_model: torch.nn.Module) -> None:
+    def __init__(self, text_model: Emu3TextModel) -> None:
         super().__init__()
         self.text_model = text_model
         self.layers = text_model.config.num_hidden_layers
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):  # noqa: ANN001 - traced
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)]
         cache = DynamicCache(ddp_cache_data=pairs, config=self.text_model.config)
         out = self.text_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -75,7 +76,7 @@ def kv_names(layers: int, prefix: str) -> list[str]:
 def _io_signature(path: Path) -> dict[str, list[dict]]:
     model = onnx.load(str(path), load_external_data=False)
 
-    def describe(values) -> list[dict]:  # noqa: ANN001
+    def describe(values: Iterable[onnx.ValueInfoProto]) -> list[dict]:
         out = []
         for value in values:
             tensor = value.type.tensor_type
@@ -91,27 +92,32 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list[
             dynamic_shapes: tuple) -> None:
     program = torch.onnx.export(module, args, None, input_names=input_names, output_names=output_names,
                                 dynamic_shapes=dynamic_shapes, opset_version=OPSET, dynamo=True)
+    if program is None:  # only the legacy TorchScript exporter (dynamo=False) returns nothing
+        raise RuntimeError("torch.onnx.export returned no program")
     size = sum(p.numel() * p.element_size() for p in module.parameters())
     program.save(str(path), external_data=size > _EXTERNAL_DATA_BYTES)
 
 
 def _export_precision(model: ProgEmuModel, directory: Path, dtype: torch.dtype) -> None:
-    # Eager attention (plain MatMul/Softmax) decodes ~25% faster in onnxruntime than the exporter's
-    # decomposition of SDPA, which adds masking and scaling nodes to every layer.
+    # Eager attention (plain MatMul/Softmax): the exporter's decomposition of SDPA adds masking and scaling
+    # nodes to every layer, and onnxruntime decodes that graph measurably slower (docs/performance.md).
     config = model.text_model.config
     previous, config._attn_implementation = config._attn_implementation, "eager"
     try:
         _export_graphs(model, directory, dtype)
     finally:
         config._attn_implementation = previous
-        model.text_model.to(torch.float32)
+        model.text_model.to(torch.float32)  # type: ignore[arg-type]  # transformers' wrapped Module.to, as below
 
 
 def _export_graphs(model: ProgEmuModel, directory: Path, dtype: torch.dtype) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    text_model = model.text_model.to(dtype)
+    text_model = model.text_model
+    # transformers wraps Module.to with functools.wraps, which typeshed types as an unbound callable
+    text_model.to(dtype)  # type: ignore[arg-type]
     config = text_model.config
-    layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
+    # no key/value head count means one per attention head (plain multi-head attention)
+    layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     batch = torch.export.Dim("batch", min=1, max=64)
     seq = torch.export.Dim("seq", min=1, max=config.max_position_embeddings)
@@ -171,7 +177,7 @@ def export_onnx(model: ProgEmuModel, out: str | Path, *, precisions: tuple[str, 
         "precisions": list(precisions),
         "source_checkpoint_sha256": model.checkpoint_sha256,
         "spec": {"name": model.spec.name, "version": model.spec.version, "image_size": model.spec.image_size,
-                 "max_text_tokens": model.spec.max_text_tokens},
+                 "max_text_tokens": model.spec.max_text_tokens, "ood": model.spec.ood},
         "vision": {"downsample": model.vision.downsample, "codebook_size": model.vision.codebook_size},
         "language_model": {"layers": config.num_hidden_layers, "kv_heads": config.num_key_value_heads,
                            "head_dim": getattr(config, "head_dim", None)

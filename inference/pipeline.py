@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from functools import cached_property
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -13,29 +14,59 @@ from inference.composition import Composition, compose
 from inference.engines.base import CancelCheck, Engine, ProgressCallback
 from inference.errors import HypothesisError
 from inference.hypothesis import MAX_HYPOTHESIS_CHARS, clean_text, normalise_hypothesis
+from inference.ood import Calibration, PriorAssessment, assess, prior_components
 from inference.sampler import Sampler, SamplerSettings
-from inference.sequence import PromptBuilder, TokenLayout
-from inference.vision_tokenizer import VisionTokenizer
+from inference.sequence import PromptBuilder, TextTokenizer, TokenLayout
+from inference.vision_tokenizer import ImageCodec
 
 log = logging.getLogger(__name__)
 
 
 class ModelSpecLike(Protocol):
-    name: str
-    version: str
-    image_size: int
-    max_text_tokens: int
+    """What the pipeline reads of a checkpoint's spec; read-only, as in the frozen ``ModelSpec`` and ``OnnxSpec``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def max_text_tokens(self) -> int: ...
+
+    @property
+    def ood(self) -> dict | None:
+        """The out-of-distribution calibration (``inference.ood``), None when the checkpoint has none."""
+        ...
 
 
 class GenerativeModel(Protocol):
-    """What the pipeline needs of a loaded model: a PyTorch checkpoint or an ONNX export."""
+    """What the pipeline needs of a loaded model: a PyTorch checkpoint or an ONNX export.
 
-    vision: VisionTokenizer
-    layout: TokenLayout
-    spec: ModelSpecLike
-    checkpoint_sha256: str
-    max_positions: int
-    tokenizer: object
+    Every member is read-only: the pipeline never sets them, and read-only members let each model
+    declare its own, narrower types (``ModelSpec``, a transformers tokenizer, ``OnnxVisionTokenizer``).
+    """
+
+    @property
+    def vision(self) -> ImageCodec: ...
+
+    @property
+    def layout(self) -> TokenLayout: ...
+
+    @property
+    def spec(self) -> ModelSpecLike: ...
+
+    @property
+    def checkpoint_sha256(self) -> str: ...
+
+    @property
+    def max_positions(self) -> int: ...
+
+    @property
+    def tokenizer(self) -> TextTokenizer: ...
 
     @property
     def prompts(self) -> PromptBuilder: ...
@@ -78,15 +109,32 @@ class CounterfactualPipeline:
     def image_size(self) -> int:
         return self.model.spec.image_size
 
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        return Calibration.from_dict(self.model.spec.ood) if self.model.spec.ood else None
+
+    def _prior(self, prior: np.ndarray) -> np.ndarray:
+        """The prior as the model takes it: the model's square, float32, clipped to [0, 1]."""
+        size = self.image_size
+        if prior.shape != (size, size):
+            raise ValueError(f"the prior must be {size}x{size} for this model, not {prior.shape}")
+        return np.clip(prior, 0.0, 1.0).astype(np.float32)
+
+    def prior_components(self, prior: np.ndarray) -> dict[str, float]:
+        """The out-of-distribution score's raw components for a prior (``inference.ood``)."""
+        model = self.model
+        return prior_components(model.vision, model.prompts, self.engine, self._prior(prior))
+
+    def assess_prior(self, prior: np.ndarray) -> PriorAssessment:
+        """Whether the prior lies within what the checkpoint was trained on: to refuse it before generating."""
+        return assess(self.prior_components(prior), self.calibration)
+
     def run(self, prior: np.ndarray, hypothesis: str, settings: SamplerSettings, *,
             progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> Counterfactual:
         started = time.perf_counter()
         model = self.model
         hypothesis = normalise_hypothesis(hypothesis, max_chars=self.max_hypothesis_chars)
-        size = self.image_size
-        if prior.shape != (size, size):
-            raise ValueError(f"the prior must be {size}x{size} for this model, not {prior.shape}")
-        prior = np.clip(prior, 0.0, 1.0).astype(np.float32)
+        prior = self._prior(prior)
         codes = model.vision.encode(prior[None])[0]
         grid = codes.shape[0]
         prompts = model.prompts
@@ -102,7 +150,8 @@ class CounterfactualPipeline:
         out_codes = prompts.codes_from_generated(generated[:image_length], grid, grid)
         decoded = model.vision.decode(np.stack([out_codes, codes]))
         text_ids = [t for t in generated[image_length:] if t != model.layout.eos]
-        interpretation = clean_text(model.tokenizer.decode(text_ids, skip_special_tokens=True))
+        # a flat id list decodes to one str (only a batch of lists gives list[str])
+        interpretation = clean_text(cast(str, model.tokenizer.decode(text_ids, skip_special_tokens=True)))
         seconds = time.perf_counter() - started
         log.info("generated %d tokens in %.2f s with the %s engine", len(generated), seconds, self.engine.name)
         image = compose(prior, decoded[0], decoded[1], self.composition)

@@ -36,14 +36,22 @@ def visual_token_name(code: int) -> str:
     return f"<|visual token {code:06d}|>"
 
 
-class TextTokenizer(Protocol):
-    """The part of a transformers tokenizer the layout needs."""
+class TextEncoder(Protocol):
+    """Text to token ids: all that :class:`PromptBuilder` needs of a tokenizer."""
 
-    def convert_tokens_to_ids(self, tokens: str) -> int: ...
+    def encode(self, text: str, /, *, add_special_tokens: bool = ...) -> list[int]: ...
 
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+class TextTokenizer(TextEncoder, Protocol):
+    """The part of a transformers tokenizer the layout and the pipeline need, typed as transformers types it.
+
+    transformers' methods take one token or a batch and return accordingly (``int | list[int]``,
+    ``str | list[str]``); this project only ever passes one, so it narrows the results where it uses them.
+    """
+
+    def convert_tokens_to_ids(self, tokens: str, /) -> int | list[int] | None: ...
+
+    def decode(self, token_ids: list[int], /, *, skip_special_tokens: bool = ...) -> str | list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class TokenLayout:
 
         def lookup(name: str) -> int:
             token_id = tokenizer.convert_tokens_to_ids(name)
-            if token_id is None or token_id == unk:
+            if token_id is None or isinstance(token_id, list) or token_id == unk:
                 raise CheckpointError(f"the tokenizer has no {name} token: not an Emu3/ProgEmu tokenizer")
             return int(token_id)
 
@@ -98,7 +106,7 @@ class PromptBuilder:
     """Builds ProgEmu's prompts and training sequences as token ids."""
 
     layout: TokenLayout
-    tokenizer: TextTokenizer
+    tokenizer: TextEncoder
 
     def text(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -8,8 +8,10 @@ finds them the same way in both.
 
 from __future__ import annotations
 
+from typing import cast
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from inference.sequence import BOS, EOS, PAD, SPECIAL_TOKENS, visual_token_name
 
@@ -25,3 +27,9 @@ def build_byte_tokenizer(codebook_size: int) -> PreTrainedTokenizerFast:
     tokenizer.add_special_tokens({"additional_special_tokens": extra})
     tokenizer.add_tokens([visual_token_name(code) for code in range(codebook_size)], special_tokens=True)
     return tokenizer
+
+
+def vocabulary_map(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Every token's name to its id: what ``Emu3Config(vocabulary_map=...)`` records."""
+    # one id gives one name (transformers' type, str | list[str], also covers a batch of ids)
+    return {cast(str, tokenizer.convert_ids_to_tokens(i)): i for i in range(len(tokenizer))}

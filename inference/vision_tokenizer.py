@@ -14,20 +14,17 @@ import torch
 from transformers import Emu3VQVAE
 
 
-class VisionTokenizer(Protocol):
-    """Encode grayscale images to VQ codes and back.
+class ImageCodec(Protocol):
+    """Encode grayscale images to VQ codes and back, in NumPy: what the pipeline needs of any image tokenizer.
 
-    ``encode_tensor`` and ``decode_tensor`` are the pure-torch forms that the
-    ONNX export traces; ``encode`` and ``decode`` are the NumPy forms inference uses.
+    The torch tokenizers below and the ONNX export's (``inference.onnx_bundle``, no torch) both are one.
     """
 
-    downsample: int
-    codebook_size: int
-    module: torch.nn.Module
+    @property
+    def downsample(self) -> int: ...
 
-    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor: ...
-
-    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor: ...
+    @property
+    def codebook_size(self) -> int: ...
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """float32 [B, H, W] in [0, 1] -> int64 codes [B, H/downsample, W/downsample]."""
@@ -36,6 +33,21 @@ class VisionTokenizer(Protocol):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """int64 codes [B, h, w] -> float32 [B, h*downsample, w*downsample] in [0, 1]."""
         ...
+
+
+class VisionTokenizer(ImageCodec, Protocol):
+    """An :class:`ImageCodec` on a torch module.
+
+    ``encode_tensor`` and ``decode_tensor`` are the pure-torch forms that the
+    ONNX export traces; ``encode`` and ``decode`` are the NumPy forms inference uses.
+    """
+
+    @property
+    def module(self) -> torch.nn.Module: ...
+
+    def encode_tensor(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor: ...
 
 
 class Emu3VisionTokenizer:

@@ -11,7 +11,6 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
@@ -45,6 +44,8 @@ class CounterfactualRequest(BaseModel):
     series_instance_uids: list[Annotated[str, Field(pattern=UID_PATTERN, max_length=64)]] = Field(
         default_factory=list, max_length=100, description="only these series (default: the study's CR/DX/SC)")
     requester: str | None = Field(None, max_length=128, description="who asked (kept for audit, never logged)")
+    allow_out_of_distribution: bool = Field(False, description="research only: generate even for a prior outside "
+                                            "what the model was trained on; recorded in every output")
     seed: int | None = Field(None, description="sampling seed: the same seed gives the same output")
     cfg_scale: float | None = None
     temperature: float | None = None
@@ -77,6 +78,7 @@ class CounterfactualOut(BaseModel):
     sampler: dict[str, Any]
     requester: str | None
     source: str
+    allow_out_of_distribution: bool
     state: JobState
     reason: str | None
     attempts: int
@@ -87,7 +89,9 @@ class CounterfactualOut(BaseModel):
 
     @classmethod
     def of(cls, job: JobView) -> CounterfactualOut:
-        return cls.model_validate(replace(job, results=job.results.public() if job.results else None))
+        out = cls.model_validate(job)  # its JobResults pass as PublicResults: replaced by the public part below
+        out.results = job.results.public() if job.results else None  # never the internal file paths
+        return out
 
 
 class CounterfactualList(BaseModel):
@@ -135,7 +139,8 @@ def create_app(node: Orchestrator, *, readiness: Callable[[], list[str]] | None 
         job, created = node.submit(NewJob(request_id=request_id, study_instance_uid=body.study_instance_uid,
                                           hypothesis=hypothesis, sampler=sampler, source="api",
                                           series_instance_uids=tuple(body.series_instance_uids),
-                                          requester=body.requester))
+                                          requester=body.requester,
+                                          allow_out_of_distribution=body.allow_out_of_distribution))
         log.info("request %s -> job %s (%s)", request_id, job.id, "new" if created else "existing")
         return JSONResponse(CounterfactualOut.of(job).model_dump(mode="json"), status_code=201 if created else 200)
 

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     composition: Literal["residual", "decoded"] = Field(
         "residual", description="residual: the prior plus the model's change (keeps the patient's pixels and full "
         "resolution outside the change); decoded: the VQ decoder's image as it is")
+    gate_body_parts: CommaList = Field(("CHEST", "THORAX", "LUNG"), description="BodyPartExamined values of a "
+                                       "prior the model accepts (a prior without one is accepted too)")
+    gate_view_positions: CommaList = Field(("PA", "AP"), description="ViewPosition values of a prior the model "
+                                           "accepts (a prior without one is accepted too)")
     fhir_version: Literal["R5", "R4B"] = Field("R5", description="FHIR release of the output Bundle")
 
     # --- the DICOM node: progemu serve / listen / worker -------------------------------------------

@@ -6,6 +6,7 @@ DICOM/FHIR, inference generates, and nothing here knows the details of either.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,19 +24,21 @@ from pydicom.uid import generate_uid
 from dicom_io.fhir import build_fhir_bundle
 from dicom_io.geometry import from_square, to_square
 from dicom_io.reader import read_prior
-from dicom_io.records import AlgorithmRecord, CounterfactualText
+from dicom_io.records import AlgorithmRecord, ConsistencyCheck, CounterfactualText, ResultChecks
 from dicom_io.report_page import build_report_page
 from dicom_io.sc import build_counterfactual_sc
 from dicom_io.sr import build_counterfactual_sr
 from inference.composition import baseline, compose
+from inference.consistency import check_counterfactual
 from inference.engines.base import CancelCheck, ProgressCallback
 from inference.loading import load_pipeline
 from inference.pipeline import Counterfactual, CounterfactualPipeline
 from inference.sampler import SamplerSettings
 from plugin import __version__
 from plugin.config import Settings
+from plugin.gate import check_content, check_header
 from plugin.preview import render_preview
-from plugin.results import AlgorithmIdentity, DicomOutput, FileKind, JobResults, OutputKind
+from plugin.results import AlgorithmIdentity, ChecksOut, DicomOutput, FileKind, JobResults, OutputKind
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class CounterfactualOutputs:
     preview: Image.Image
     result: Counterfactual
     algorithm: AlgorithmRecord
+    checks: ResultChecks
 
     def dicom(self, kind: OutputKind) -> pydicom.Dataset:
         return {OutputKind.SC: self.sc, OutputKind.SR: self.sr, OutputKind.REPORT_PAGE: self.report_page}[kind]
@@ -66,7 +70,8 @@ class CounterfactualOutputs:
         algorithm = AlgorithmIdentity(name=self.algorithm.name, version=self.algorithm.version,
                                       checkpoint_sha256=self.algorithm.checkpoint_sha256)
         return JobResults(outputs=tuple(outputs), interpretation=self.result.interpretation, algorithm=algorithm,
-                          settings=dict(self.algorithm.parameters), files={k: str(p) for k, p in files.items()})
+                          settings=dict(self.algorithm.parameters), checks=ChecksOut.of(self.checks),
+                          files={k: str(p) for k, p in files.items()})
 
 
 def algorithm_record(pipeline: CounterfactualPipeline, settings: SamplerSettings) -> AlgorithmRecord:
@@ -88,26 +93,45 @@ class CounterfactualUseCase:
         self.config = config
 
     def run(self, prior_source: str | os.PathLike | pydicom.Dataset, hypothesis: str, settings: SamplerSettings,
-            *, progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> CounterfactualOutputs:
+            *, allow_out_of_distribution: bool = False, progress: ProgressCallback | None = None,
+            cancel: CancelCheck | None = None) -> CounterfactualOutputs:
+        """Gate the prior, generate, check the result against the hypothesis, and build every output.
+
+        Raises InputRefused (before any generation) for a prior the model cannot stand behind; a result that
+        fails the consistency check is still returned, marked as such in every output.
+        """
         prior = read_prior(prior_source, max_pixels=self.config.max_image_pixels)
+        check_header(prior.geometry, body_parts=self.config.gate_body_parts,
+                     view_positions=self.config.gate_view_positions)
         square, box = to_square(prior.pixels, self.pipeline.image_size)
+        input_check = check_content(self.pipeline.assess_prior(square), model_name=self.model_name,
+                                    override=allow_out_of_distribution)
         result = self.pipeline.run(square, hypothesis, settings, progress=progress, cancel=cancel)
+        consistency = check_counterfactual(result, square)
+        checks = ResultChecks(input_check, ConsistencyCheck(consistency.consistent, consistency.reason))
+        if checks.flagged:
+            log.warning("result flagged: %s; input %s", checks.consistency.summary, checks.input.summary)
         # Composed again at the source geometry, so that residual composition keeps the prior's full resolution.
         reconstruction = from_square(result.prior_reconstruction, box)
         counterfactual = compose(prior.pixels, from_square(result.decoded, box), reconstruction, result.composition)
-        algorithm = algorithm_record(self.pipeline, settings)
+        algorithm = algorithm_record(self.pipeline, result.settings)
         text = CounterfactualText(hypothesis=result.hypothesis, interpretation=result.interpretation)
-        sc = build_counterfactual_sc(prior.dataset, counterfactual, algorithm=algorithm, text=text)
-        sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text)
+        sc = build_counterfactual_sc(prior.dataset, counterfactual, algorithm=algorithm, text=text, checks=checks)
+        sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text, checks=checks)
         page = build_report_page(prior.dataset, prior.pixels, counterfactual, algorithm=algorithm, text=text,
-                                 counterfactual_sop_instance_uid=sc.SOPInstanceUID)
-        fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text,
+                                 checks=checks, counterfactual_sop_instance_uid=sc.SOPInstanceUID)
+        fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text, checks=checks,
                                  fhir_version=self.config.fhir_version)
         preview = render_preview(prior.pixels, counterfactual,
                                  baseline=baseline(prior.pixels, reconstruction, result.composition),
-                                 hypothesis=result.hypothesis, interpretation=result.interpretation)
+                                 hypothesis=result.hypothesis, interpretation=result.interpretation, checks=checks)
         log.info("counterfactual SC %s and SR %s built", sc.SOPInstanceUID, sr.SOPInstanceUID)
-        return CounterfactualOutputs(sc, sr, page, fhir, preview, result, algorithm)
+        return CounterfactualOutputs(sc, sr, page, fhir, preview, result, algorithm, checks)
+
+    @property
+    def model_name(self) -> str:
+        spec = self.pipeline.model.spec
+        return f"{spec.name} {spec.version}"
 
 
 def load_use_case(config: Settings) -> CounterfactualUseCase:
@@ -130,7 +154,7 @@ def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) ->
     paths = {kind: directory / name for kind, name in OUTPUT_NAMES.items()}
     for kind in OutputKind:
         dataset = outputs.dicom(kind)
-        _save(paths[FileKind(kind)], lambda stream, ds=dataset: ds.save_as(stream, enforce_file_format=True))
+        _save(paths[FileKind(kind)], functools.partial(dataset.save_as, enforce_file_format=True))
     _save(paths[FileKind.FHIR], lambda stream: stream.write((json.dumps(outputs.fhir, indent=2) + "\n").encode()))
     _save(paths[FileKind.PREVIEW], lambda stream: outputs.preview.save(stream, format="PNG"))
     return paths

@@ -32,6 +32,10 @@ class PermanentJobError(PermanentError):
     """The job's input can never work (an unreadable prior, a hypothesis the model refuses)."""
 
 
+class InputRefused(PermanentJobError):
+    """The input gate refused the prior (another body part or view, or outside what the model was trained on)."""
+
+
 class StudyNotFound(PermanentError, LookupError):
     """The PACS does not hold the study, or it holds no series that can serve as the prior."""
 

@@ -1,23 +1,42 @@
 """The job store (SQLAlchemy): requests, their states, outputs and the delivery outbox.
 
 SQLite by default, PostgreSQL by URL. State changes are conditional updates, so two
-workers (or a redelivered task) never move one job backwards.
+workers (or a redelivered task) never move one job backwards. The schema is Alembic's
+(:mod:`plugin.migrations`): a store brings its database to the newest revision when it opens it.
 """
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import enum
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, TypeVar, cast, overload
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CursorResult,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    false,
+    select,
+)
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
+from plugin import migrations
 from plugin.results import JobResults
 
 
@@ -64,6 +83,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     results: Mapped[dict | None] = mapped_column(JSON)
+    # a research override of the input gate (revision 0002)
+    allow_out_of_distribution: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="job", order_by="Delivery.id")
@@ -107,6 +128,7 @@ class NewJob:
     series_instance_uids: tuple[str, ...] = ()
     requester: str | None = None
     destination: str | None = None
+    allow_out_of_distribution: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +164,7 @@ class JobView:
     requester: str | None
     source: str
     destination: str | None
+    allow_out_of_distribution: bool
     state: JobState
     reason: str | None
     worker: str | None
@@ -156,7 +179,7 @@ class JobView:
         results = JobResults.from_stored(job.results) if job.results is not None else None
         return cls(job.id, job.request_id, job.study_instance_uid, tuple(job.series_instance_uids or ()),
                    job.hypothesis, dict(job.sampler), job.requester, job.source, job.destination,
-                   JobState(job.state), job.reason, job.worker, job.attempts, results,
+                   job.allow_out_of_distribution, JobState(job.state), job.reason, job.worker, job.attempts, results,
                    as_utc(job.created_at), as_utc(job.updated_at), tuple(DeliveryView.of(d) for d in job.deliveries))
 
 
@@ -178,7 +201,8 @@ class JobStore:
                                     connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {})
         if is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as connection:
+            self.schema_revision = migrations.upgrade(connection)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def dispose(self) -> None:
@@ -198,7 +222,8 @@ class JobStore:
         job = Job(id=uuid.uuid4().hex, request_id=request.request_id, study_instance_uid=request.study_instance_uid,
                   series_instance_uids=list(request.series_instance_uids), hypothesis=request.hypothesis,
                   sampler=request.sampler, requester=request.requester, source=request.source,
-                  destination=request.destination, state=JobState.QUEUED)
+                  destination=request.destination, allow_out_of_distribution=request.allow_out_of_distribution,
+                  state=JobState.QUEUED)
         try:
             with self._session.begin() as session:
                 session.add(job)
@@ -207,7 +232,7 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
-        return self.get(job.id), True
+        return self.require(job.id), True
 
     def by_request_id(self, request_id: str) -> JobView | None:
         with self._session() as session:
@@ -219,8 +244,15 @@ class JobStore:
             job = session.get(Job, job_id)
             return JobView.of(job) if job else None
 
+    def require(self, job_id: str) -> JobView:
+        """The job, which must exist (LookupError otherwise)."""
+        job = self.get(job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        return job
+
     def list(self, *, study_instance_uid: str | None = None, state: str | None = None,
-             requester: str | None = None, limit: int = 100) -> list[JobView]:
+             requester: str | None = None, limit: int = 100) -> builtins.list[JobView]:
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if study_instance_uid:
             query = query.where(Job.study_instance_uid == study_instance_uid)
@@ -236,22 +268,23 @@ class JobStore:
         """Move a job to ``state`` if it is in one of ``expect``; False when it was not."""
         values = {"state": state, "updated_at": _now(), "reason": reason, **fields}
         with self._session.begin() as session:
-            result = session.execute(sql_update(Job).where(Job.id == job_id, Job.state.in_(list(expect)))
-                                     .values(**values))
+            # an UPDATE statement executes to a CursorResult, which has the rowcount
+            result = cast(CursorResult[Any], session.execute(
+                sql_update(Job).where(Job.id == job_id, Job.state.in_(builtins.list(expect))).values(**values)))
             return result.rowcount == 1
 
     def count_attempt(self, job_id: str, worker: str) -> int:
         with self._session.begin() as session:
-            job = session.get(Job, job_id)
+            job = _required(session, Job, job_id)
             job.attempts += 1
             job.worker = worker
             return job.attempts
 
-    def waiting_for(self, study_instance_uid: str) -> list[JobView]:
+    def waiting_for(self, study_instance_uid: str) -> builtins.list[JobView]:
         return self.list(study_instance_uid=study_instance_uid, state=JobState.RECEIVING) + self.list(
             study_instance_uid=study_instance_uid, state=JobState.QUEUED)
 
-    def active(self) -> list[JobView]:
+    def active(self) -> builtins.list[JobView]:
         with self._session() as session:
             return [JobView.of(job) for job in session.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES)))]
 
@@ -260,7 +293,7 @@ class JobStore:
     def record_results(self, job_id: str, results: JobResults, deliveries: Sequence[tuple[str, str]]) -> None:
         """Store what a job produced and queue its deliveries, in one transaction."""
         with self._session.begin() as session:
-            job = session.get(Job, job_id)
+            job = _required(session, Job, job_id)
             job.results = results.model_dump(mode="json")
             for uid in results.output_series:
                 session.merge(OutputSeries(series_instance_uid=uid, job_id=job_id))
@@ -273,13 +306,13 @@ class JobStore:
 
     # --- the outbox -------------------------------------------------------------------------------
 
-    def claim_due_deliveries(self, lease: dt.timedelta, *, job_id: str | None = None) -> list[int]:
+    def claim_due_deliveries(self, lease: dt.timedelta, *, job_id: str | None = None) -> builtins.list[int]:
         """Ids of pending deliveries that are due, each pushed ``lease`` into the future so it is handed out once."""
         now = _now()
         query = select(Delivery).where(Delivery.state == DeliveryState.PENDING)
         if job_id:
             query = query.where(Delivery.job_id == job_id)
-        claimed = []
+        claimed: builtins.list[int] = []
         with self._session.begin() as session:
             for item in session.scalars(query.with_for_update(skip_locked=True)):
                 if as_utc(item.next_attempt_at) <= now:
@@ -302,7 +335,7 @@ class JobStore:
     def delivery_attempt(self, delivery_id: int, *, error: str | None, retry_in: dt.timedelta | None) -> None:
         """Record one attempt: done when ``error`` is None, else pending again after ``retry_in`` (None: failed)."""
         with self._session.begin() as session:
-            item = session.get(Delivery, delivery_id)
+            item = _required(session, Delivery, delivery_id)
             item.attempts += 1
             item.last_error = error
             if error is None:
@@ -327,10 +360,30 @@ class JobStore:
         return JobState.DONE
 
 
+RowT = TypeVar("RowT", bound=Base)
+
+
+def _required(session: Session, model: type[RowT], key: object) -> RowT:
+    """The row with primary key ``key``, which must exist: a missing one is a bug (LookupError)."""
+    row = session.get(model, key)
+    if row is None:
+        raise LookupError(f"no {model.__name__.lower()} {key}")
+    return row
+
+
 def _sqlite_pragmas(connection, _record) -> None:
     """WAL lets the listener, the API and the worker threads read while one writes."""
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            # a new database that another process is creating: the switch fails at once instead of waiting
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import asdict
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pydicom
 
@@ -27,6 +27,9 @@ from plugin.delivery import DICOM, FHIR, deliver, retry_delay
 from plugin.errors import PermanentError, PermanentJobError, TransientError
 from plugin.jobs import DeliveryState, JobState, JobStore, JobView, NewJob
 from plugin.routing import matching_rules
+
+if TYPE_CHECKING:
+    from dicom_io.listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class Orchestrator:
         self.store = JobStore(config.resolved_database_url())
         self.spool = Spool(config.data_dir / "spool", config.spool_max_bytes)
         self.results_dir = config.data_dir / "results"
-        self.listener = None  # set by `progemu serve`/`listen`: the in-process listener, if any
+        self.listener: Listener | None = None  # set by `progemu serve`/`listen`: the in-process listener, if any
         from plugin.retrieval import Retriever
 
         self.retriever = Retriever(config)  # one PACS client per process, not one per request
@@ -76,7 +79,7 @@ class Orchestrator:
         job, created = self.store.submit(request)
         if created:
             self._start(job)
-            job = self.store.get(job.id)
+            job = self.store.require(job.id)
         return job, created
 
     def _receiving(self, study_uid: str) -> bool:
@@ -166,7 +169,8 @@ class Orchestrator:
             prior = choose_prior(self.spool.instances(job.study_instance_uid), series_uids=job.series_instance_uids,
                                  skip=self.is_own_output)
             with self._generate_lock:
-                outputs = self.use_case().run(prior, job.hypothesis, SamplerSettings(**job.sampler))
+                outputs = self.use_case().run(prior, job.hypothesis, SamplerSettings(**job.sampler),
+                                              allow_out_of_distribution=job.allow_out_of_distribution)
         except (DicomInputError, InferenceError) as exc:
             raise PermanentJobError(str(exc)) from None
         results = outputs.job_results(write_outputs(outputs, self.results_dir / job_id))

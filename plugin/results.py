@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from dicom_io.records import ResultChecks
+
 
 class OutputKind(enum.StrEnum):
     """The DICOM objects a job returns to the PACS, in the order they are sent."""
@@ -52,6 +54,41 @@ class AlgorithmIdentity(_Frozen):
     checkpoint_sha256: str
 
 
+class InputCheckOut(_Frozen):
+    score: float
+    limit: float | None
+    """None: the checkpoint is not calibrated."""
+    within_limit: bool
+    overridden: bool
+    """Beyond the limit, let through by a research override."""
+    summary: str
+
+
+class ConsistencyOut(_Frozen):
+    consistent: bool | None
+    """None: the hypothesis names nothing the check knows."""
+    reason: str
+    summary: str
+
+
+class ChecksOut(_Frozen):
+    """The input gate's verdict and the consistency check, as recorded in the SR, report page and FHIR."""
+
+    input: InputCheckOut
+    consistency: ConsistencyOut
+    flagged: bool
+    """Delivered, but marked: inconsistent with the hypothesis, or outside the training data by override."""
+
+    @classmethod
+    def of(cls, checks: ResultChecks) -> ChecksOut:
+        gate, consistency = checks.input, checks.consistency
+        return cls(input=InputCheckOut(score=gate.score, limit=gate.limit, within_limit=gate.within_limit,
+                                       overridden=gate.overridden, summary=gate.summary),
+                   consistency=ConsistencyOut(consistent=consistency.consistent, reason=consistency.reason,
+                                              summary=consistency.summary),
+                   flagged=checks.flagged)
+
+
 class PublicResults(_Frozen):
     """What API callers and the Orthanc plugin may see of a job's results."""
 
@@ -60,6 +97,8 @@ class PublicResults(_Frozen):
     algorithm: AlgorithmIdentity
     settings: dict[str, str]
     """Sampler settings, seed, engine and composition, as recorded in the SR."""
+    checks: ChecksOut | None = None
+    """None only for results recorded before the checks existed."""
 
 
 class JobResults(PublicResults):

@@ -26,7 +26,7 @@ class Retriever:
     def __init__(self, config: Settings) -> None:
         self.config = config
         self.node_name = config.pacs_node_name or config.ae_title
-        self._orthanc = None
+        self._orthanc: OrthancApiClient | None = None
         if config.pacs_url:
             password = config.pacs_password.get_secret_value() if config.pacs_password else None
             self._orthanc = OrthancApiClient(config.pacs_url, user=config.pacs_username, pwd=password)
@@ -47,14 +47,13 @@ class Retriever:
     def request(self, study_uid: str, series_uids: Sequence[str] = ()) -> list[str]:
         """Have the PACS send the study's source series; return the series UIDs asked for."""
         if self._orthanc is not None:
-            return self._from_orthanc(study_uid, series_uids)
+            return self._from_orthanc(self._orthanc, study_uid, series_uids)
         if self.config.pacs_dicom is not None:
             return self._by_move(self.config.pacs_dicom, study_uid, series_uids)
         raise PacsNotConfigured("the study has not been received and no PACS is configured to retrieve it from "
                                 "(set pacs_url or pacs_dicom)")
 
-    def _from_orthanc(self, study_uid: str, series_uids: Sequence[str]) -> list[str]:
-        client = self._orthanc
+    def _from_orthanc(self, client: OrthancApiClient, study_uid: str, series_uids: Sequence[str]) -> list[str]:
         try:
             study_id = client.studies.lookup(study_uid)
             if study_id is None:
@@ -70,7 +69,7 @@ class Retriever:
                     continue
                 chosen[series_id] = uid
             if not series_uids:
-                chosen = {sid: uid for sid, uid in chosen.items() if self._is_image_series(sid)}
+                chosen = {sid: uid for sid, uid in chosen.items() if self._is_image_series(client, sid)}
             if not chosen:
                 raise StudyNotFound("the study holds no CR, DX or Secondary Capture series to use as the prior")
             job = client.modalities.send_async(self.node_name, list(chosen))
@@ -81,10 +80,11 @@ class Retriever:
         except (OrthancApiException, OSError) as exc:
             raise RetrievalError(f"the PACS did not send the study ({type(exc).__name__})") from None
 
-    def _is_image_series(self, series_id: str) -> bool:
+    @staticmethod
+    def _is_image_series(client: OrthancApiClient, series_id: str) -> bool:
         """A series of our own outputs or of SRs is not a prior, whatever its Modality says."""
-        instance = self._orthanc.series.get_instances_ids(series_id)[0]
-        sop_class = self._orthanc.instances.get_tags(instance).get("SOPClassUID")
+        instance = client.series.get_instances_ids(series_id)[0]
+        sop_class = client.instances.get_tags(instance).get("SOPClassUID")
         return sop_class in RADIOGRAPHY + SECONDARY_CAPTURE
 
     def _by_move(self, pacs: DicomPeer, study_uid: str, series_uids: Sequence[str]) -> list[str]:

@@ -20,8 +20,8 @@ from plugin.jobs import DeliveryState, JobState, NewJob
 from plugin.orchestrator import Orchestrator
 from plugin.results import AlgorithmIdentity, DicomOutput, FileKind, JobResults, OutputKind
 from plugin.tasks import CeleryDispatcher, configure
-from tests.dicom_fixtures import chest_pixels
-from tests.net import free_port
+from tests.support.dicom_fixtures import chest_pixels
+from tests.support.net import free_port
 
 
 def _results(tmp_path: Path) -> JobResults:

@@ -11,8 +11,8 @@ from dicom_io.peers import DicomPeer
 from dicom_io.sender import DicomSendError, _succeeded, echo, store
 from dicom_io.spool import Spool
 from dicom_io.synthetic import build_synthetic_image
-from tests.dicom_fixtures import chest_pixels, write
-from tests.net import free_port
+from tests.support.dicom_fixtures import chest_pixels, write
+from tests.support.net import free_port
 
 
 @pytest.mark.parametrize(("code", "succeeded"), [

@@ -8,6 +8,7 @@ wheels), so these tests run wherever `make setup` ran.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import re
@@ -35,8 +36,6 @@ SECRETS = {"PROGEMU_API_TOKEN", "PROGEMU_DB_PASSWORD", "PROGEMU_REDIS_PASSWORD",
 
 # Every `progemu` subcommand the deployment runs (Dockerfile CMD, compose `command:`).
 DEPLOYED_SUBCOMMANDS = {"serve", "worker"}
-# Subcommands a later issue will add: their checks are strict xfails until they land (none at present).
-PLANNED_SUBCOMMANDS: set[str] = set()
 
 
 def _tool(name: str) -> str:
@@ -106,10 +105,12 @@ def _exec_form(arguments: str) -> list[str]:
 
 # --- compose -------------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_compose_config_renders_the_services(compose: dict) -> None:
     assert set(compose["services"]) == EXPECTED_SERVICES
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("secret", sorted(SECRETS))
 def test_compose_refuses_to_run_without_each_secret(tmp_path: Path, secret: str) -> None:
     result = _compose(tmp_path, "config", "--quiet", omit=frozenset({secret}))
@@ -124,6 +125,7 @@ def test_compose_file_hard_codes_no_secret() -> None:
             assert "${" in value, f"compose.yaml:{number}: {key} must come from the environment (${{VAR:?...}})"
 
 
+@pytest.mark.integration
 def test_compose_publishes_nothing_beyond_loopback(compose: dict) -> None:
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
@@ -132,6 +134,7 @@ def test_compose_publishes_nothing_beyond_loopback(compose: dict) -> None:
         assert not compose["services"][name].get("ports"), f"{name} must not publish ports"
 
 
+@pytest.mark.integration
 def test_compose_node_listens_only_on_the_internal_network(compose: dict) -> None:
     node = compose["services"]["node"]
     assert {"11112", "8080"} <= {str(port) for port in node.get("expose", [])}
@@ -140,6 +143,7 @@ def test_compose_node_listens_only_on_the_internal_network(compose: dict) -> Non
             assert compose["networks"][network].get("internal") is True, f"{name} is on non-internal {network}"
 
 
+@pytest.mark.integration
 def test_compose_builds_our_image_from_the_repository(compose: dict) -> None:
     for name in PROGEMU_SERVICES:
         build = compose["services"][name]["build"]
@@ -148,6 +152,7 @@ def test_compose_builds_our_image_from_the_repository(compose: dict) -> None:
     assert "TORCH_INDEX_URL" in compose["services"]["worker"]["build"].get("args", {})
 
 
+@pytest.mark.integration
 def test_compose_mounts_exist(compose: dict) -> None:
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
@@ -157,6 +162,7 @@ def test_compose_mounts_exist(compose: dict) -> None:
 
 # --- Dockerfile ----------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_hadolint_passes() -> None:
     result = subprocess.run([_tool("hadolint"), "--no-color", "--config", str(DOCKER / ".hadolint.yaml"),
                              str(DOCKERFILE)], capture_output=True, text=True, timeout=120)
@@ -207,8 +213,9 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_progemu_entrypoint() -
 
 # --- the subcommands the deployment runs exist ---------------------------------------------------
 
-def _progemu_subcommands() -> set[str]:
-    """Subcommands listed by `progemu --help` (argparse: one per line, four spaces in)."""
+@functools.cache
+def _progemu_subcommands() -> frozenset[str]:
+    """Subcommands listed by `progemu --help` (argparse: one per line, four spaces in); run once per session."""
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
     result = subprocess.run([_tool("progemu"), "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -217,7 +224,7 @@ def _progemu_subcommands() -> set[str]:
         found |= set(match.group(1).split(","))
     found |= set(re.findall(r"^ {4}([a-z][\w-]*)(?:\s|$)", result.stdout, flags=re.MULTILINE))
     assert "demo" in found, f"could not parse the subcommands from:\n{result.stdout}"
-    return found
+    return frozenset(found)
 
 
 def _deployed_subcommands(compose: dict) -> set[str]:
@@ -227,16 +234,12 @@ def _deployed_subcommands(compose: dict) -> set[str]:
     return names
 
 
+@pytest.mark.integration
 def test_deployed_subcommand_list_is_complete(compose: dict) -> None:
     assert _deployed_subcommands(compose) == DEPLOYED_SUBCOMMANDS
-    assert PLANNED_SUBCOMMANDS <= DEPLOYED_SUBCOMMANDS
 
 
-@pytest.mark.parametrize("subcommand", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=f"`progemu {name}` is planned (a later issue)"))
-    if name in PLANNED_SUBCOMMANDS else name
-    for name in sorted(DEPLOYED_SUBCOMMANDS)
-])
+@pytest.mark.parametrize("subcommand", sorted(DEPLOYED_SUBCOMMANDS))
 def test_deployed_subcommand_exists(subcommand: str) -> None:
     assert subcommand in _progemu_subcommands()
 
@@ -245,6 +248,7 @@ def test_help_parser_sees_the_existing_subcommands() -> None:
     assert {"counterfactual", "demo"} <= _progemu_subcommands()
 
 
+@pytest.mark.integration
 def test_every_progemu_variable_the_deployment_sets_is_a_setting(compose: dict) -> None:
     """A misspelt PROGEMU_* variable would be ignored silently by the container; Settings must know each."""
     from plugin.config import Settings

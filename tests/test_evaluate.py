@@ -15,6 +15,7 @@ from inference.pipeline import CounterfactualPipeline
 from inference.sampler import SamplerSettings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("composition", list(Composition))
 def test_evaluate_writes_both_settings_and_every_record(small_model: ProgEmuModel, tmp_path: Path,
                                                         composition: Composition) -> None:

@@ -8,8 +8,11 @@ import httpx
 import pytest
 
 from dicom_io.fhir import build_fhir_bundle
-from tests.fhir_server import FhirServer, fhir_server  # noqa: F401 - the session fixture
+from tests.support.fhir_server import FhirServer, fhir_server  # noqa: F401 - the session fixture
 from tests.test_fhir import ALGORITHM, TEXT, dicom  # noqa: F401 - the DICOM objects the bundle describes
+from tests.test_sr import FLAGGED
+
+pytestmark = pytest.mark.integration
 
 
 def as_put_transaction(bundle: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +26,9 @@ def as_put_transaction(bundle: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def transaction(dicom) -> dict[str, Any]:  # noqa: F811
     prior, sr, sc = dicom
-    return as_put_transaction(build_fhir_bundle(prior, sr, sc, algorithm=ALGORITHM, text=TEXT, fhir_version="R4B"))
+    # flagged: every check component (score, limit, override, verdicts) goes to the server
+    return as_put_transaction(build_fhir_bundle(prior, sr, sc, algorithm=ALGORITHM, text=TEXT, checks=FLAGGED,
+                                                fhir_version="R4B"))
 
 
 def by_type(transaction: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -60,6 +65,7 @@ def test_r4b_results_are_accepted_and_read_back(fhir_server: FhirServer, transac
         assert stored[kind]["id"] == resource["id"] and stored[kind]["meta"]["versionId"]
     assert stored["DiagnosticReport"]["conclusion"] == resources["DiagnosticReport"]["conclusion"]
     assert stored["Observation"]["valueString"] == TEXT.interpretation
+    assert stored["Observation"]["component"] == resources["Observation"]["component"]  # the checks included
     # the transaction resolved the bundle's urn:uuid references to the resources it stored
     assert stored["Observation"]["device"] == {"reference": f"Device/{resources['Device']['id']}"}
     assert stored["DiagnosticReport"]["result"] == [{"reference": f"Observation/{resources['Observation']['id']}"}]

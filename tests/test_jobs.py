@@ -11,10 +11,10 @@ import pytest
 from plugin.config import Settings
 from plugin.jobs import DeliveryState, JobState, JobStore, NewJob
 from plugin.results import AlgorithmIdentity, DicomOutput, JobResults, OutputKind
-from tests.databases import postgres_database
+from tests.support.databases import postgres_database
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "sqlite":
         yield JobStore(Settings(data_dir=tmp_path).resolved_database_url())

@@ -22,8 +22,8 @@ from dicom_io.peers import DicomPeer
 from dicom_io.records import MANUFACTURER
 from dicom_io.spool import Spool
 from dicom_io.synthetic import build_synthetic_image
-from tests.dicom_fixtures import chest_pixels, write
-from tests.net import free_port, wait_for
+from tests.support.dicom_fixtures import chest_pixels, write
+from tests.support.net import free_port, wait_for
 
 PEER = DicomPeer("STORESCU", "127.0.0.1", 104)
 
@@ -242,11 +242,12 @@ def test_dx_storage_class_is_accepted_in_compressed_transfer_syntaxes(tmp_path: 
     assert pydicom.dcmread(spooled).file_meta.TransferSyntaxUID == JPEGLSLossless
 
 
+@pytest.mark.integration
 def test_progemu_listen_runs_the_listener_alone(tmp_path: Path) -> None:
     import os
     import sys
 
-    from tests.net import stop_process
+    from tests.support.net import stop_process
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")}

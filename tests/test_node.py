@@ -10,14 +10,13 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_io.completion import StudyArrival
-from dicom_io.synthetic import build_synthetic_image
 from plugin.config import Settings
 from plugin.errors import PermanentJobError
 from plugin.jobs import JobState, NewJob
 from plugin.orchestrator import Orchestrator
 from plugin.routing import RoutingRule
 from plugin.tasks import CeleryDispatcher, configure
-from tests.dicom_fixtures import chest_pixels
+from tests.support.dicom_fixtures import phantom_prior
 
 PHI = {"patient_name": "DOE^JANE", "patient_id": "MRN-998877", "patient_birth_date": "19451231"}
 
@@ -43,7 +42,7 @@ def _job(node: Orchestrator, study: str, request_id: str = "r") -> str:
 
 def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path: Path, caplog) -> None:
     node = _node(tmp_path, destination="PACS@127.0.0.1:104", fhir_url="http://127.0.0.1:9/fhir")
-    prior = build_synthetic_image(chest_pixels(), **PHI)
+    prior = phantom_prior(**PHI)
     _spool(node, prior, tmp_path)
     job_id = _job(node, prior.StudyInstanceUID)
     with caplog.at_level(logging.DEBUG):
@@ -69,7 +68,7 @@ def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path:
 
 def test_a_finished_job_is_not_generated_again(tmp_path: Path) -> None:
     node = _node(tmp_path)
-    prior = build_synthetic_image(chest_pixels())
+    prior = phantom_prior()
     _spool(node, prior, tmp_path)
     job_id = _job(node, prior.StudyInstanceUID)
     node.generate(job_id, worker="test:1")
@@ -80,7 +79,7 @@ def test_a_finished_job_is_not_generated_again(tmp_path: Path) -> None:
 
 def test_a_study_without_an_image_fails_permanently_with_a_reason(tmp_path: Path) -> None:
     node = _node(tmp_path)
-    prior = build_synthetic_image(chest_pixels(), modality="OT")
+    prior = phantom_prior(modality="OT")
     prior.SOPClassUID = prior.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # an SR class
     _spool(node, prior, tmp_path)
     with pytest.raises(PermanentJobError, match="no CR, DX or Secondary Capture image"):
@@ -89,7 +88,7 @@ def test_a_study_without_an_image_fails_permanently_with_a_reason(tmp_path: Path
 
 def test_results_go_back_to_the_peer_that_sent_the_study(tmp_path: Path) -> None:
     node = _node(tmp_path, peers="ORTHANC@127.0.0.1:4242,OTHER@127.0.0.2:104")
-    prior = build_synthetic_image(chest_pixels())
+    prior = phantom_prior()
     _spool(node, prior, tmp_path)
     job_id = _job(node, prior.StudyInstanceUID)
     node.on_study_complete(StudyArrival(prior.StudyInstanceUID, "PROGEMU", "ORTHANC", {prior.SeriesInstanceUID}, 1))
@@ -106,7 +105,7 @@ def test_results_go_back_to_the_peer_that_sent_the_study(tmp_path: Path) -> None
 def test_routing_rules_create_a_job_for_pushed_studies(tmp_path: Path, rule: RoutingRule, called: str,
                                                        matches: bool) -> None:
     node = _node(tmp_path, routes=[rule])
-    prior = build_synthetic_image(chest_pixels(), study_instance_uid=generate_uid())
+    prior = phantom_prior(study_instance_uid=generate_uid())
     _spool(node, prior, tmp_path)
     node.on_study_complete(StudyArrival(prior.StudyInstanceUID, called, "ORTHANC", {prior.SeriesInstanceUID}, 1))
     jobs = node.store.list(study_instance_uid=prior.StudyInstanceUID)

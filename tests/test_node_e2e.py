@@ -14,12 +14,14 @@ import httpx
 import pydicom
 import pytest
 
-from tests.dicom_validators import assert_dciodvfy_clean
-from tests.fhir_server import FhirServer, fhir_server  # noqa: F401 - the session fixture
-from tests.net import free_port, wait_for
-from tests.node_server import NodeServer
-from tests.orthanc_server import PASSWORD, USER, OrthancServer
-from tests.studies import fresh_prior
+from tests.support.dicom_validators import assert_dciodvfy_clean
+from tests.support.fhir_server import FhirServer, fhir_server  # noqa: F401 - the session fixture
+from tests.support.net import free_port, wait_for
+from tests.support.node_server import NodeServer
+from tests.support.orthanc_server import PASSWORD, USER, OrthancServer
+from tests.support.studies import fresh_prior
+
+pytestmark = pytest.mark.integration
 
 ROUTE = {"name": "push-chest", "hypothesis": "A small right pleural effusion develops.",
          "attribute": "StudyDescription", "pattern": "*ROUTE-ME*"}
@@ -63,7 +65,7 @@ def test_request_brings_sr_and_sc_back_into_the_same_study(pacs, tmp_path: Path)
     assert job["deliveries"][0]["target"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30,
              "SC, report page and SR in Orthanc")
-    assert set(job["results"]) == {"outputs", "interpretation", "algorithm", "settings"}  # the allow-list
+    assert set(job["results"]) == {"outputs", "interpretation", "algorithm", "settings", "checks"}  # the allow-list
     for output in job["results"]["outputs"]:
         kind, sop = output["kind"], output["sop_instance_uid"]
         instance_id = orthanc.client.instances.lookup(sop)

@@ -32,6 +32,7 @@ def onnx_model(export: Path) -> OnnxProgEmu:
     return OnnxProgEmu(export, providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 def test_manifest_records_what_was_exported(export: Path, small_model: ProgEmuModel) -> None:
     manifest = json.loads((export / MANIFEST).read_text())
     assert manifest["opset"] == 18 and manifest["source_checkpoint_sha256"] == small_model.checkpoint_sha256
@@ -45,12 +46,14 @@ def test_manifest_records_what_was_exported(export: Path, small_model: ProgEmuMo
     onnx.checker.check_model(str(export / "fp32" / "lm.onnx"))
 
 
+@pytest.mark.slow
 def test_logits_codes_and_tokens_match_pytorch(small_model: ProgEmuModel, onnx_model: OnnxProgEmu) -> None:
     report = verify_onnx(small_model, onnx_model, seed=3)
     assert report.max_abs_logit_diff < 1e-4
     assert report.vq_codes_identical and report.tokens_identical and report.passed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [SamplerSettings(seed=1, max_text_tokens=6),
                                       SamplerSettings(seed=2, cfg_scale=1.0, top_k=5, max_text_tokens=6),
                                       SamplerSettings(seed=3, temperature=0.0, max_text_tokens=6)])
@@ -64,6 +67,7 @@ def test_engines_give_identical_tokens(small_model: ProgEmuModel, onnx_model: On
     np.testing.assert_allclose(a.image, b.image, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_device_binding_path_gives_the_same_tokens(small_model: ProgEmuModel, onnx_model: OnnxProgEmu) -> None:
     """The I/O-binding backend CUDA uses (KV cache kept as OrtValues), run on the host device."""
     from inference.engines.base import decode
@@ -81,6 +85,7 @@ def test_device_binding_path_gives_the_same_tokens(small_model: ProgEmuModel, on
     assert host == bound
 
 
+@pytest.mark.slow
 def test_fp16_graphs_run(export: Path, small_model: ProgEmuModel) -> None:
     half = OnnxProgEmu(export, precision="fp16", providers=["CPUExecutionProvider"])
     report = verify_onnx(small_model, half, seed=0)
@@ -103,6 +108,7 @@ def _broken(export: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_missing_file_is_refused(export: Path, tmp_path: Path) -> None:
     copy = _broken(export, tmp_path)
     (copy / "fp32" / "head_visual.onnx").unlink()
@@ -110,6 +116,7 @@ def test_missing_file_is_refused(export: Path, tmp_path: Path) -> None:
         OnnxProgEmu(copy)
 
 
+@pytest.mark.slow
 def test_hash_mismatch_is_refused(export: Path, tmp_path: Path) -> None:
     copy = _broken(export, tmp_path)
     with (copy / "fp32" / "head.onnx").open("ab") as handle:
@@ -118,6 +125,7 @@ def test_hash_mismatch_is_refused(export: Path, tmp_path: Path) -> None:
         OnnxProgEmu(copy)
 
 
+@pytest.mark.slow
 def test_wrong_opset_is_refused(export: Path, tmp_path: Path) -> None:
     copy = _broken(export, tmp_path)
     manifest = json.loads((copy / MANIFEST).read_text())

@@ -19,8 +19,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.orthanc_plugin import ARTIFACTS, PluginStack, load_orthanc_json, start_stack, stop
-from tests.orthanc_server import PASSWORD, USER
+from tests.support.orthanc_plugin import ARTIFACTS, PluginStack, load_orthanc_json, start_stack, stop
+from tests.support.orthanc_server import PASSWORD, USER
+
+pytestmark = pytest.mark.integration
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 HYPOTHESIS = "the left pleural effusion worsens"

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from tests.net import free_port
-from tests.orthanc_plugin import (
+from tests.support.net import free_port
+from tests.support.orthanc_plugin import (
     ORTHANC_JSON,
     PLUGIN_SCRIPT,
     ROOT,
@@ -89,6 +89,7 @@ def test_config_file_is_valid_for_orthanc_and_compose() -> None:
     assert re.search(r"ORTHANC__PROG_EMU__TOKEN:\s*\$\{PROGEMU_API_TOKEN:\?", compose)
 
 
+@pytest.mark.integration
 def test_form_config_offers_suggestions_and_defaults_but_no_secret(stack: PluginStack) -> None:
     response = stack.request("GET", "/progemu/config")
     assert response.status_code == 200
@@ -101,6 +102,7 @@ def test_form_config_offers_suggestions_and_defaults_but_no_secret(stack: Plugin
     assert stack.node.url not in response.text and "token" not in response.text.lower()
 
 
+@pytest.mark.integration
 def test_routes_are_behind_orthanc_authentication(stack: PluginStack) -> None:
     assert httpx.get(stack.orthanc.url + "/progemu/config", timeout=30).status_code == 401
     assert httpx.post(stack.orthanc.url + f"/progemu/studies/{UNKNOWN_STUDY}/counterfactuals",
@@ -109,6 +111,7 @@ def test_routes_are_behind_orthanc_authentication(stack: PluginStack) -> None:
 
 # --- the happy path ------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_counterfactual_through_the_plugin_lands_in_the_study(stack: PluginStack, servers: SimpleNamespace) -> None:
     study_id, study_uid = stack.upload_prior(servers.workdir / "happy")
     response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals",
@@ -144,6 +147,7 @@ def test_counterfactual_through_the_plugin_lands_in_the_study(stack: PluginStack
 
 # --- bad input -----------------------------------------------------------------------------------
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("body", "expected"), [
     pytest.param({"hypothesis": ""}, "empty", id="empty-hypothesis"),
     pytest.param({"hypothesis": " \n\t "}, "empty", id="blank-hypothesis"),
@@ -172,6 +176,7 @@ def test_bad_request_bodies_are_400_and_never_reach_the_node(stack: PluginStack,
     assert _node_jobs(stack, study_uid) == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("raw", "expected"), [
     pytest.param(b"{not json", "must be JSON", id="not-json"),
     pytest.param(b"", "must be JSON", id="empty-body"),
@@ -190,6 +195,7 @@ def test_malformed_json_is_400(stack: PluginStack, untouched_study: tuple[str, s
     assert _node_jobs(stack, study_uid) == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("body", "expected"), [
     # the plugin lets these through; the node refuses them (422) and the plugin relays its sentence
     pytest.param({"hypothesis": HYPOTHESIS, "seed": 2**63}, "seed must be an integer from 0 to 2**63-1",
@@ -205,6 +211,7 @@ def test_node_refusals_are_400_with_the_nodes_reason(stack: PluginStack, untouch
     assert _node_jobs(stack, study_uid) == []
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_unknown_study_is_404(stack: PluginStack, method: str) -> None:
     response = stack.request(method, f"/progemu/studies/{UNKNOWN_STUDY}/counterfactuals",
@@ -213,12 +220,14 @@ def test_unknown_study_is_404(stack: PluginStack, method: str) -> None:
     assert "no study" in _detail(response)
 
 
+@pytest.mark.integration
 def test_unknown_job_is_404(stack: PluginStack) -> None:
     response = stack.request("GET", f"/progemu/counterfactuals/{uuid.uuid4().hex}")
     assert response.status_code == 404
     assert _detail(response) == "no counterfactual request with this id"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", [
     "/progemu/studies/not-an-orthanc-id/counterfactuals",
     f"/progemu/studies/{UNKNOWN_STUDY.upper()}/counterfactuals",
@@ -229,6 +238,7 @@ def test_malformed_ids_match_no_route(stack: PluginStack, path: str) -> None:
     assert stack.request("GET", path).status_code == 404
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("limit", ["0", "1001", "ten", "-1"])
 def test_bad_list_limit_is_400(stack: PluginStack, untouched_study: tuple[str, str], limit: str) -> None:
     response = stack.request("GET", f"/progemu/studies/{untouched_study[0]}/counterfactuals", params={"limit": limit})
@@ -236,6 +246,7 @@ def test_bad_list_limit_is_400(stack: PluginStack, untouched_study: tuple[str, s
     assert "limit" in _detail(response)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("method", "path", "allowed"), [
     ("PUT", "/progemu/studies/{study}/counterfactuals", "GET,POST"),
     ("DELETE", "/progemu/studies/{study}/counterfactuals", "GET,POST"),
@@ -259,6 +270,7 @@ def down_study(servers: SimpleNamespace) -> str:
     return servers.down.upload_prior(servers.workdir / "down-prior")[0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/progemu/studies/{study}/counterfactuals"),
     ("GET", "/progemu/studies/{study}/counterfactuals"),
@@ -274,6 +286,7 @@ def test_node_down_is_502_with_a_clear_message(servers: SimpleNamespace, down_st
     assert _detail(response) == f"the ProgEmu node at {node_url} is not reachable (connection refused)"
 
 
+@pytest.mark.integration
 def test_wrong_token_is_502_naming_the_setting(servers: SimpleNamespace) -> None:
     wrong: PluginStack = servers.wrong_token
     study_id, _ = wrong.upload_prior(servers.workdir / "wrong-token-prior")

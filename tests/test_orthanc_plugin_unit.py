@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.net import free_port
-from tests.orthanc_plugin import PLUGIN_SCRIPT
+from tests.support.net import free_port
+from tests.support.orthanc_plugin import PLUGIN_SCRIPT
 
 NODE_URL = "http://node.test:8080"
 TOKEN = "node-token-123"

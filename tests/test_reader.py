@@ -12,7 +12,7 @@ from pydicom.uid import JPEG2000Lossless
 from dicom_io.errors import ImageTooLargeError, NoPixelDataError, NotDicomError, UnsupportedImageError
 from dicom_io.reader import read_prior
 from dicom_io.synthetic import build_synthetic_image
-from tests.dicom_fixtures import chest_pixels, dcmtk_compress, write
+from tests.support.dicom_fixtures import chest_pixels, dcmtk_compress, write
 
 LIMIT = 10_000_000
 

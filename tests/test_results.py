@@ -18,5 +18,5 @@ def test_results_of_a_0_1_job_store_are_read_into_the_contract() -> None:
 
 
 def test_callers_see_only_the_allow_listed_fields() -> None:
-    assert set(PublicResults.model_fields) == {"outputs", "interpretation", "algorithm", "settings"}
+    assert set(PublicResults.model_fields) == {"outputs", "interpretation", "algorithm", "settings", "checks"}
     assert set(JobResults.model_fields) - set(PublicResults.model_fields) == {"files"}

@@ -9,7 +9,7 @@ import pytest
 from plugin.config import Settings
 from plugin.errors import PacsNotConfigured, PermanentError, RetrievalError, TransientError
 from plugin.retrieval import Retriever
-from tests.net import free_port
+from tests.support.net import free_port
 
 
 def test_without_a_pacs_retrieval_is_a_permanent_failure(tmp_path: Path) -> None:

@@ -8,15 +8,26 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_io.records import AlgorithmRecord, CounterfactualText
+from dicom_io.records import (
+    INCONSISTENT,
+    AlgorithmRecord,
+    ConsistencyCheck,
+    CounterfactualText,
+    InputCheck,
+    ResultChecks,
+)
 from dicom_io.sc import build_counterfactual_sc
 from dicom_io.sr import build_counterfactual_sr
 from dicom_io.synthetic import build_synthetic_image
-from tests.dicom_validators import assert_dciodvfy_clean, dsrdump_text
+from tests.support.dicom_validators import assert_dciodvfy_clean, dsrdump_text
 
 HYPOTHESIS = "the left pleural effusion worsens"
 INTERPRETATION = "Larger left pleural effusion with blunting of the left costophrenic angle."
 CHECKPOINT = "0123456789abcdef" * 4
+NORMAL = ResultChecks(InputCheck(score=0.42, limit=2.5), ConsistencyCheck(True, "finding, side and direction agree"))
+FLAGGED = ResultChecks(InputCheck(score=3.75, limit=2.5, overridden=True),
+                       ConsistencyCheck(False, "the interpretation names the right side, the hypothesis the left"))
+UNCHECKED = ResultChecks(InputCheck(score=1.5, limit=None), ConsistencyCheck(None, "no finding the check knows"))
 
 
 @pytest.fixture
@@ -39,12 +50,12 @@ def prior() -> pydicom.Dataset:
 @pytest.fixture
 def sc(prior, algorithm, text) -> pydicom.Dataset:
     pixels = np.full((prior.Rows, prior.Columns), 0.5, np.float32)
-    return build_counterfactual_sc(prior, pixels, algorithm=algorithm, text=text)
+    return build_counterfactual_sc(prior, pixels, algorithm=algorithm, text=text, checks=NORMAL)
 
 
 @pytest.fixture
 def sr(prior, sc, algorithm, text) -> pydicom.Dataset:
-    return build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text)
+    return build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=NORMAL)
 
 
 def walk(items) -> Iterator[pydicom.Dataset]:
@@ -75,7 +86,8 @@ def test_passes_dciodvfy_and_dsrdump(sr, tmp_path) -> None:
 def test_non_ascii_hypothesis_is_kept(prior, sc, algorithm, tmp_path) -> None:
     text = CounterfactualText(hypothesis="Pleuraerguss links verstärkt → größer", interpretation="Größerer Erguss.")
     path = tmp_path / "sr.dcm"
-    build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text).save_as(path, enforce_file_format=True)
+    build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=NORMAL).save_as(
+        path, enforce_file_format=True)
     assert_dciodvfy_clean(path)
     assert text.hypothesis in dsrdump_text(path)
     assert pydicom.dcmread(path).SpecificCharacterSet == "ISO_IR 192"
@@ -86,7 +98,7 @@ def test_long_multibyte_texts_fit_their_vrs_in_bytes(prior, sc, tmp_path) -> Non
     algorithm = AlgorithmRecord(name="Größer" * 10, version="größer-" * 10, checkpoint_sha256=CHECKPOINT,
                                 software_version="0.1.0", device_uid="2.25.271828", manufacturer="Größer" * 11)
     text = CounterfactualText(hypothesis="größer " * 40, interpretation="größer " * 40)
-    sr = build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text)
+    sr = build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=NORMAL)
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert_dciodvfy_clean(path)
@@ -151,4 +163,56 @@ def test_contributing_equipment_names_the_algorithm(sr, algorithm) -> None:
 def test_rejects_sc_from_another_study(prior, sc, algorithm, text) -> None:
     sc.StudyInstanceUID = pydicom.uid.generate_uid()
     with pytest.raises(ValueError):
-        build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text)
+        build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=NORMAL)
+
+
+def coded(sr: pydicom.Dataset, code_value: str) -> tuple[str, str]:
+    (item,) = named(sr, code_value, "CODE")
+    value = item.ConceptCodeSequence[0]
+    return value.CodeValue, value.CodingSchemeDesignator
+
+
+def numbers(sr: pydicom.Dataset) -> dict[str, tuple[float, str]]:
+    return {item.ConceptNameCodeSequence[0].CodeValue: (float(item.MeasuredValueSequence[0].NumericValue),
+                                                        item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+                                                        .CodeValue)
+            for item in walk(sr.ContentSequence) if item.ValueType == "NUM"}
+
+
+@pytest.mark.parametrize("checks", [NORMAL, FLAGGED, UNCHECKED], ids=["normal", "flagged", "unchecked"])
+def test_checks_are_recorded_dciodvfy_clean_and_dsrdump_shows_them(prior, sc, algorithm, text, checks,
+                                                                    tmp_path) -> None:
+    path = tmp_path / "sr.dcm"
+    build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=checks).save_as(
+        path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    dump = dsrdump_text(path)
+    for shown in ('"Input check"', '"Out-of-distribution score"', '"Research override"',
+                  '"Consistent with the hypothesis"', checks.input.summary, checks.consistency.summary):
+        assert shown in dump
+    assert ('"Threshold Value"' in dump) == (checks.input.limit is not None)
+
+
+def test_flagged_result_is_coded_as_outside_the_limits_overridden_and_inconsistent(prior, sc, algorithm,
+                                                                                     text) -> None:
+    sr = build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=FLAGGED)
+    assert coded(sr, "PGM003") == ("128619", "DCM")  # Outside operational limits of the device
+    assert coded(sr, "PGM005") == ("373066001", "SCT")  # Yes: overridden
+    assert coded(sr, "PGM006") == ("373067005", "SCT")  # No: not consistent
+    assert numbers(sr) == {"PGM004": (3.75, "{score}"), "122411": (2.5, "{score}")}
+    (consistency,) = named(sr, "PGM006", "TEXT")
+    assert consistency.TextValue.startswith(INCONSISTENT) and FLAGGED.consistency.reason in consistency.TextValue
+    (gate,) = named(sr, "PGM003", "TEXT")
+    assert gate.TextValue == FLAGGED.input.summary
+
+
+def test_normal_and_unchecked_results_are_coded_as_such(prior, sc, algorithm, text, sr) -> None:
+    assert coded(sr, "PGM003") == ("128607", "DCM")  # Inside operational limits of the device
+    assert coded(sr, "PGM005") == ("373067005", "SCT")  # No override
+    assert coded(sr, "PGM006") == ("373066001", "SCT")  # Yes: consistent
+    unchecked = build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=UNCHECKED)
+    assert coded(unchecked, "PGM003") == coded(unchecked, "PGM006") == ("373068000", "SCT")  # Undetermined
+    assert numbers(unchecked) == {"PGM004": (1.5, "{score}")}  # no limit without calibration
+    (group,) = named(sr, "125007")  # the TID 1501 Measurement Group holds the checks, as TID 1500 viewers expect
+    assert {"PGM003", "PGM004", "PGM005", "PGM006", "122411"} <= {
+        item.ConceptNameCodeSequence[0].CodeValue for item in group.ContentSequence}

@@ -9,8 +9,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io.synthetic import PHANTOM_COMMENT, SOP_CLASSES, build_synthetic_image
 from plugin.config import DEMO_PRIOR
-from tests.dicom_fixtures import chest_pixels, write
-from tests.dicom_validators import assert_dciodvfy_clean
+from tests.support.dicom_fixtures import chest_pixels, write
+from tests.support.dicom_validators import assert_dciodvfy_clean
 
 
 @pytest.mark.parametrize("kwargs, bits, iod", [

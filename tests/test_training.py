@@ -39,6 +39,7 @@ def pairs() -> tuple[TokenisedPairs, PromptBuilder, int]:
     return TokenisedPairs(prior, follow, texts, ["The basal opacity has increased."] * 8), prompts, len(tokenizer)
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(pairs, tmp_path: Path) -> None:  # noqa: ANN001
     data, prompts, vocab = pairs
     losses: list[float] = []
@@ -67,6 +68,7 @@ def test_changed_tokens_carry_their_weight(pairs) -> None:  # noqa: ANN001
     torch.testing.assert_close(weighted_loss(output.logits, plain[1], plain[3]), output.loss)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(pairs, tmp_path: Path) -> None:  # noqa: ANN001
     data, prompts, vocab = pairs
     config = LMTrainConfig(steps=20, **TINY_LM)
@@ -82,6 +84,7 @@ def test_resume_gives_the_same_weights(pairs, tmp_path: Path) -> None:  # noqa: 
         torch.testing.assert_close(a, b, msg=name)
 
 
+@pytest.mark.slow
 def test_refine_fine_tunes_a_copy_of_the_trained_model(pairs, tmp_path: Path) -> None:  # noqa: ANN001
     data, prompts, vocab = pairs
     trained = train_language_model(data, prompts, vocab, LMTrainConfig(steps=20, **TINY_LM), tmp_path / "lm")
@@ -110,6 +113,7 @@ def _smoke_config(refine_steps: int) -> TrainConfig:
                        vq_images=16, version="smoke")
 
 
+@pytest.mark.slow
 def test_recipe_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     make_dataset(tmp_path / "data", 16, seed=1, size=32)
     identity = train_demo_model(tmp_path / "data", tmp_path / "ckpt", tmp_path / "work", _smoke_config(2))
@@ -121,6 +125,7 @@ def test_recipe_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert all((tmp_path / "work" / f"{stage}_loss.png").exists() for stage in ("vq", "lm", "refine"))
 
 
+@pytest.mark.slow
 def test_refine_from_a_trained_checkpoint_equals_the_full_recipe(tmp_path: Path, small_checkpoint: Path) -> None:
     """`progemu train --from CKPT` runs only the refine stage, and lands on the weights one full run gives."""
     make_dataset(tmp_path / "data", 16, seed=1, size=32)

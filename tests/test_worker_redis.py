@@ -20,7 +20,7 @@ from plugin.config import DEMO_PRIOR, Settings
 from plugin.jobs import JobState, NewJob
 from plugin.orchestrator import Orchestrator
 from plugin.tasks import CeleryDispatcher, configure
-from tests.net import stop_process, wait_for
+from tests.support.net import stop_process, wait_for
 
 REDIS_DB = 11  # a database of its own on the shared server, emptied before use
 BROKER = f"redis://127.0.0.1:6379/{REDIS_DB}"
@@ -35,6 +35,7 @@ def broker() -> str:
     return BROKER
 
 
+@pytest.mark.integration
 def test_a_job_whose_worker_process_is_killed_finishes_after_redelivery(broker: str, tmp_path: Path) -> None:
     config = Settings(data_dir=tmp_path / "data", broker_url=broker)
     configure(config)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from inference.data.phantom import ZONE_NAMES, Findings
 
@@ -34,7 +37,8 @@ class FindingSite:
             zones = list(findings.consolidation)
             zones[ZONE_NAMES.index(self.zone)] = severity
             return dataclasses.replace(findings, consolidation=tuple(zones))
-        return dataclasses.replace(findings, **{self._field: severity})
+        changes: dict[str, Any] = {self._field: severity}  # one of Findings' int fields
+        return dataclasses.replace(findings, **changes)
 
     @property
     def _field(self) -> str:
@@ -53,7 +57,7 @@ SITES: tuple[FindingSite, ...] = (
 FINDINGS = tuple(dict.fromkeys(site.finding for site in SITES))
 
 
-def severities_for(direction: str, rng) -> tuple[int, int]:
+def severities_for(direction: str, rng: np.random.Generator) -> tuple[int, int]:
     """(prior, follow-up) severities for a direction of change."""
     if direction == "develops":
         return 0, int(rng.integers(1, MAX_SEVERITY + 1))

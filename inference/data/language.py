@@ -64,7 +64,7 @@ def finding_phrase(site: FindingSite) -> str:
         return f"{site.side} pleural effusion"
     if site.finding == "pneumothorax":
         return f"{site.side} pneumothorax"
-    if site.finding == "consolidation":
+    if site.finding == "consolidation" and site.zone is not None:
         return f"consolidation in the {site.zone.replace('_', ' ')} zone"
     if site.finding == "oedema":
         return "pulmonary oedema"

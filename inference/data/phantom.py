@@ -128,7 +128,7 @@ def _smooth_noise(shape: tuple[int, int], seed: int, scale: float) -> np.ndarray
 def _anatomy_image(g: _Grid, findings: Findings) -> np.ndarray:
     a, x, y = g.a, g.x, g.y
     body = ((x - a.centre_x) / a.body_half_width) ** 2 + ((y - 0.62) / 0.62) ** 2 < 1.0
-    image = np.where(body, a.soft_tissue, 0.04).astype(np.float32)
+    image: np.ndarray = np.where(body, a.soft_tissue, 0.04).astype(np.float32)
     image += 0.2 * np.clip(y - a.dome_right_y, 0, 0.2) * body  # abdomen denser towards the bottom
     markings = _smooth_noise(image.shape, a.texture_seed, g.size / 90)
     lungs = np.zeros_like(image)

@@ -72,6 +72,33 @@ class Engine(Protocol):
     def generate(self, cond_prompt: list[int], uncond_prompt: list[int], sampler: Sampler, *,
                  progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[int]: ...
 
+    def span_log_probs(self, prompt: list[int], continuation: list[int], span: tuple[int, int]) -> np.ndarray:
+        """float64 [n]: teacher-forced log-probability of each ``continuation`` id in ``span`` (first, stop),
+        given everything before it and normalised over the span (as the sampler chooses within it)."""
+        ...
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities along the last axis, stable for large logits."""
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+
+
+def teacher_forced(backend: Backend, prompt: list[int], continuation: list[int], span: tuple[int, int]) -> np.ndarray:
+    """:meth:`Engine.span_log_probs` one step at a time: for graphs that return only the last position's state."""
+    first, stop = span
+    scored = [i for i, token in enumerate(continuation) if first <= token < stop]
+    backend.start(PromptBatch.left_padded([prompt], pad_id=0))  # one row: nothing is padded
+    out = np.empty(len(scored))
+    fed = 0
+    for n, i in enumerate(scored):
+        for token in continuation[fed:i]:
+            backend.feed(token)
+        fed = i
+        out[n] = log_softmax(backend.logits(first, stop)[0])[continuation[i] - first]
+    return out
+
 
 def report(progress: ProgressCallback | None, cancel: CancelCheck | None, done: int, total: int) -> None:
     """Tell the caller how far generation is, and stop if it asked to."""

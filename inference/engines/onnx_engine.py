@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from inference.engines.base import CancelCheck, ProgressCallback, PromptBatch, decode
+from inference.engines.base import CancelCheck, ProgressCallback, PromptBatch, decode, teacher_forced
 from inference.onnx_bundle import OnnxProgEmu
 from inference.sampler import Sampler
 
@@ -33,6 +33,10 @@ class _OnnxBackend:
         if (first, stop) == self.visual:
             return "head_visual", first
         return "head", 0
+
+    def _run(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        """Run the language model on new tokens, keeping the last hidden state and the grown cache."""
+        raise NotImplementedError
 
     def start(self, batch: PromptBatch) -> None:
         self.mask = batch.attention_mask
@@ -118,5 +122,11 @@ class OnnxEngine:
 
     def generate(self, cond_prompt: list[int], uncond_prompt: list[int], sampler: Sampler, *,
                  progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[int]:
-        backend = OnnxDeviceBackend(self.model) if self.model.on_cuda else OnnxHostBackend(self.model)
-        return decode(backend, cond_prompt, uncond_prompt, sampler, progress=progress, cancel=cancel)
+        return decode(self._backend(), cond_prompt, uncond_prompt, sampler, progress=progress, cancel=cancel)
+
+    def span_log_probs(self, prompt: list[int], continuation: list[int], span: tuple[int, int]) -> np.ndarray:
+        """Step by step: the exported ``lm`` graph returns only the last position's hidden state."""
+        return teacher_forced(self._backend(), prompt, continuation, span)
+
+    def _backend(self) -> OnnxHostBackend | OnnxDeviceBackend:
+        return OnnxDeviceBackend(self.model) if self.model.on_cuda else OnnxHostBackend(self.model)

@@ -59,3 +59,17 @@ class TorchEngine:
                  progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> list[int]:
         backend = TorchBackend(self.text_model, self.lm_head)
         return decode(backend, cond_prompt, uncond_prompt, sampler, progress=progress, cancel=cancel)
+
+    @torch.inference_mode()
+    def span_log_probs(self, prompt: list[int], continuation: list[int], span: tuple[int, int]) -> np.ndarray:
+        """One forward pass over prompt and continuation; the head runs only on the scored positions."""
+        first, stop = span
+        weight = self.lm_head.weight
+        targets = torch.tensor(continuation, device=weight.device)
+        where = ((targets >= first) & (targets < stop)).nonzero()[:, 0]
+        ids = torch.tensor([prompt + continuation], device=weight.device)
+        hidden = self.text_model(input_ids=ids, use_cache=False).last_hidden_state[0, len(prompt) - 1:]
+        # the position before each scored token predicts it; chunks bound the [n, span] logits of a 64x64 grid
+        out = [torch.log_softmax((hidden[rows] @ weight[first:stop].t()).float(), dim=-1)
+               .gather(1, (targets[rows] - first)[:, None])[:, 0] for rows in where.split(1024)]
+        return torch.cat(out).double().cpu().numpy()

@@ -7,6 +7,7 @@ prior, counterfactual and ground-truth follow-up).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from inference.evaluation.metrics import (
     pooled_psnr,
     rouge_l,
 )
+from inference.findings_text import DIRECTION_SENSE
 from inference.pipeline import CounterfactualPipeline
 from inference.sampler import SamplerSettings
 
@@ -38,8 +40,8 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-POSITIVE = ("develops", "worsens")
-NEGATIVE = ("improves", "resolves")
+POSITIVE = tuple(direction for direction, sense in DIRECTION_SENSE.items() if sense > 0)
+NEGATIVE = tuple(direction for direction, sense in DIRECTION_SENSE.items() if sense < 0)
 
 
 @dataclass
@@ -199,7 +201,7 @@ def evaluate(pipeline: CounterfactualPipeline, dataset: Dataset, out: Path, *, l
     for name, setting in settings.items():
         outcomes, examples = _evaluate_setting(
             pipeline, dataset, records, setting, steps,
-            (lambda done, total, name=name: progress(name, done, total)) if progress else None)
+            functools.partial(progress, name) if progress else None)
         results[name] = summarise(outcomes)
         breakdowns[name] = alignment_breakdown(outcomes)
         details[name] = [o.__dict__ for o in outcomes]

@@ -12,7 +12,8 @@ from rouge_score import rouge_scorer
 from scipy.stats import mannwhitneyu
 from skimage.metrics import structural_similarity
 
-from inference.evaluation.text_findings import extract
+from inference.consistency import moves_as_hypothesised
+from inference.findings_text import extract
 
 
 class _NoSynonyms:
@@ -91,9 +92,4 @@ def aligned(direction: str, change: float, expected_step: float) -> bool:
     directional change must move at least a quarter of it in the right sign,
     and "unchanged" must stay within a quarter of it.
     """
-    threshold = 0.25 * expected_step
-    if direction in ("develops", "worsens"):
-        return change > threshold
-    if direction in ("improves", "resolves"):
-        return change < -threshold
-    return abs(change) <= threshold
+    return moves_as_hypothesised(direction, change, 0.25 * expected_step)

@@ -25,8 +25,9 @@ from inference.training.state import resume, save_state
 
 @dataclass(frozen=True)
 class LMTrainConfig:
-    # Sized for a 2-core CPU (0.6 to 1.1 s/step; hidden 256 x 6 layers ran at ~2 s/step). 4000 steps instead of
-    # 2400 raised held-out alignment from 0.79 to 0.87; the refine stage then takes it to 0.92 (docs/model.md).
+    # Sized so that the recipe trains on a 2-core CPU: a wider, deeper model was too slow per step. The step
+    # count trades training time for held-out alignment, which steps beyond the first demo model's raised
+    # enough to be worth the time (step times and alignment per demo model: docs/model.md).
     hidden_size: int = 192
     layers: int = 4
     heads: int = 6
@@ -43,8 +44,8 @@ class LMTrainConfig:
     """Loss weight of the follow-up image tokens whose code differs from the prior's (1 = a plain mean).
 
     Most follow-up codes copy the prior; the few that carry the hypothesised change are what alignment
-    depends on, and a plain mean dilutes them among the copies. Measured in docs/model.md: 4 helps as a
-    fine-tune of a plainly trained model (the recipe's refine stage), but from scratch it teaches over-editing."""
+    depends on, and a plain mean dilutes them among the copies. A weight above 1 helps as a fine-tune of a
+    plainly trained model (the recipe's refine stage), but from scratch it teaches over-editing (docs/model.md)."""
     seed: int = 0
     save_every: int = 100
     max_text_tokens: int = 200

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
+import uuid
 from pathlib import Path
 
 import torch
+from boltons.fileutils import atomic_save
 
 log = logging.getLogger(__name__)
 
 
 def save_state(path: Path, **state: object) -> None:
-    """Write through a temp file so an interrupted save never corrupts the last good state."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write through a fsynced part file and rename, so an interrupted save never corrupts the last good state."""
+    with atomic_save(str(path), part_file=f".{path.name}.{uuid.uuid4().hex}.part") as stream:
+        torch.save(state, stream)
 
 
 def resume(path: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer) -> int:

@@ -1,7 +1,7 @@
 """Stage 1: train the small VQ-VAE image tokenizer on the phantom images.
 
 Two measures keep the codebook alive, which plain VQ-VAE training on a CPU
-budget does not (the feasibility run saw early codebook collapse): the
+budget does not (its codebook collapses early, docs/model.md): the
 codebook starts from encoder outputs, and codes unused for a while are
 restarted on current encoder outputs.
 """

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from dicom_io.errors import DicomInputError
 from inference.errors import InferenceError
 from plugin import __version__
-from plugin.cli import counterfactual, model_tools, node, training
-from plugin.errors import UsageError
+from plugin.cli import counterfactual, database, model_tools, node, training
+from plugin.errors import PermanentError, UsageError
 
 __all__ = ["build_parser", "main"]
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"progemu-pacs {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (counterfactual, node, model_tools, training):
+    for family in (counterfactual, node, database, model_tools, training):
         family.register(commands)
     return parser
 
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         return args.handler(args) or 0
-    except (DicomInputError, InferenceError, UsageError) as exc:
+    except (DicomInputError, InferenceError, UsageError, PermanentError) as exc:
         print(f"progemu: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:

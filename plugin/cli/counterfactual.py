@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -20,13 +21,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     cf.add_argument("--hypothesis", required=True, help='e.g. "the left pleural effusion worsens"')
     cf.add_argument("--out", type=Path, default=Path("progemu-output"), help="output directory")
     add_settings_options(cf, GENERATION_FIELDS)
+    _add_override(cf)
     cf.set_defaults(handler=_run)
 
     demo = commands.add_parser("demo", help="run on the shipped synthetic prior with the shipped demo model")
     demo.add_argument("--hypothesis", default=DEMO_HYPOTHESIS, help=f'default: "{DEMO_HYPOTHESIS}"')
     demo.add_argument("--out", type=Path, default=Path("progemu-demo"), help="output directory")
     add_settings_options(demo, GENERATION_FIELDS)
+    _add_override(demo)
     demo.set_defaults(handler=_run, prior=DEMO_PRIOR)
+
+
+def _add_override(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-out-of-distribution", action="store_true",
+                        help="research only: generate even for a prior outside what the model was trained on; "
+                             "the override and the prior's score are recorded in every output")
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -42,6 +51,7 @@ def _run(args: argparse.Namespace) -> None:
     service = load_use_case(config)
     with StageBars("tok", leave=False) as bars:
         outputs = service.run(args.prior, args.hypothesis, request,
+                              allow_out_of_distribution=args.allow_out_of_distribution,
                               progress=lambda done, total: bars("generating", done, total))
     paths = write_outputs(outputs, args.out)
     result = outputs.result
@@ -50,3 +60,7 @@ def _run(args: argparse.Namespace) -> None:
           f" | seed {result.settings.seed}"
           f" | {result.generated_tokens} tokens in {result.seconds:.1f} s"
           f" | interpretation: {result.interpretation[:120]!r}")
+    checks = outputs.checks
+    if checks.flagged:
+        print(f"progemu: warning: the result is marked {checks.consistency.summary}; input: {checks.input.summary}",
+              file=sys.stderr)

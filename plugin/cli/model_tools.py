@@ -5,9 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from dicom_io.geometry import to_square
+from dicom_io.reader import read_prior
+from inference.checkpoint import checkpoint_identity
 from plugin.cli.options import add_settings_options, settings
+from plugin.cli.progress import StageBars
+from plugin.errors import UsageError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -33,6 +42,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     convert.add_argument("--version", default="progemu", help="model version recorded in every output")
     convert.add_argument("--image-size", type=int, default=512)
     convert.set_defaults(handler=_convert)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="calibrate a checkpoint's input gate on a folder of its intended inputs (stored in it)")
+    add_settings_options(calibrate, ("model_path",))
+    source = calibrate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="a folder of intended priors: DICOM (.dcm) or PNG/JPEG files")
+    source.add_argument("--dataset", type=Path, help="a `progemu make-dataset` folder: its training priors")
+    calibrate.add_argument("--quantile", type=float, default=0.99,
+                           help="share of such inputs the gate must pass (needs at least 1/(1-q) images)")
+    calibrate.add_argument("--limit", type=int, help="use at most this many images")
+    calibrate.set_defaults(handler=_calibrate)
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
@@ -71,3 +91,48 @@ def _convert(args: argparse.Namespace) -> None:
             "max_text_tokens": ModelSpec.max_text_tokens}
     identity = convert_checkpoint(args.source, args.out, vision_dir=args.vision_tokenizer, spec=spec)
     print(f"converted {args.source} to {args.out} (checkpoint sha256 {identity})")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    import itertools
+
+    from inference.model import quiet_transformers
+    from inference.ood import calibrate
+
+    config = settings(args)
+    quiet_transformers()
+    size = _image_size(config.model_path)
+    priors = _dataset_priors(args.dataset) if args.dataset else _folder_priors(args.images, config.max_image_pixels)
+    squares = (to_square(pixels, size)[0] for pixels in itertools.islice(priors, args.limit))
+    with StageBars("image") as bars:
+        result = calibrate(config.model_path, squares, quantile=args.quantile, device=config.resolved_device(),
+                           progress=lambda done: bars("scoring", done, args.limit or done))
+    print(f"calibrated {config.model_path} on {result.images} images: limit {result.limit:.2f} "
+          f"(the {args.quantile:g} quantile); checkpoint sha256 {checkpoint_identity(config.model_path)}")
+
+
+def _image_size(model_path: Path) -> int:
+    from inference.model import read_spec
+
+    return read_spec(model_path).image_size
+
+
+def _dataset_priors(directory: Path) -> Iterator[np.ndarray]:
+    from inference.data.dataset import Dataset
+
+    dataset = Dataset.open(directory)
+    for record in dataset.split("train"):
+        yield dataset.image(record, "prior")
+
+
+def _folder_priors(directory: Path, max_pixels: int) -> Iterator[np.ndarray]:
+    """Every image in the folder as the node reads it: DICOM through the prior reader, PNG/JPEG as greyscale."""
+    files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in {".dcm", ".png", ".jpg", ".jpeg"})
+    if not files:
+        raise UsageError(f"{directory} holds no .dcm, .png or .jpg images")
+    for path in files:
+        if path.suffix.lower() == ".dcm":
+            yield read_prior(path, max_pixels=max_pixels).pixels
+        else:
+            with Image.open(path) as image:
+                yield np.asarray(image.convert("L"), dtype=np.float32) / 255.0

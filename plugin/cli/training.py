@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inference.loading import load_pipeline
 from plugin.cli.options import GENERATION_FIELDS, add_settings_options, sampler, settings
 from plugin.cli.progress import StageBars
+from plugin.errors import UsageError
 
 if TYPE_CHECKING:
     from inference.training.run import TrainConfig
@@ -22,6 +24,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     dataset.add_argument("--n", type=int, required=True, help="number of (prior, follow-up) records")
     dataset.add_argument("--seed", type=int, default=0)
     dataset.add_argument("--size", type=int, default=128, help="image side in pixels")
+    dataset.add_argument("--backgrounds", type=Path, metavar="DIR",
+                         help="simulate the findings on the real radiographs of DIR (made by "
+                              "scripts/real_data/build_backgrounds.py) instead of on phantoms; records keep each "
+                              "film's train/val/test split")
+    dataset.add_argument("--phantom-fraction", type=float, default=0.0, metavar="F",
+                         help="with --backgrounds: this share of the records stays on phantoms (default 0)")
     dataset.set_defaults(handler=_make_dataset)
 
     train = commands.add_parser("train", help="train the demo model (VQ tokenizer, language model, refine)")
@@ -50,11 +58,21 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _make_dataset(args: argparse.Namespace) -> None:
     from inference.data.dataset import make_dataset
 
+    if args.phantom_fraction and not args.backgrounds:
+        raise UsageError("--phantom-fraction needs --backgrounds (without it every record is a phantom)")
+    if not 0.0 <= args.phantom_fraction <= 1.0:
+        raise UsageError("--phantom-fraction must be between 0 and 1")
+    if args.backgrounds and not args.backgrounds.is_dir():
+        raise UsageError(f"--backgrounds {args.backgrounds} is not a directory (build one with "
+                         "scripts/real_data/build_backgrounds.py)")
     with StageBars() as bars:
-        records = make_dataset(args.out, args.n, args.seed, size=args.size,
-                               progress=lambda done, total: bars("rendering", done, total))
-    test = sum(r["split"] == "test" for r in records)
-    print(f"wrote {len(records)} records ({len(records) - test} train, {test} held out) to {args.out}")
+        records = make_dataset(args.out, args.n, args.seed, size=args.size, progress=bars,
+                               backgrounds=args.backgrounds, phantom_fraction=args.phantom_fraction)
+    splits = Counter(r["split"] for r in records)
+    real = sum(r["id"].startswith("real-") for r in records)
+    parts = ", ".join(f"{splits[name]} {label}" for name, label in (("train", "train"), ("val", "validation"),
+                                                                   ("test", "held out")) if splits[name])
+    print(f"wrote {len(records)} records ({parts}; {real} on real films) to {args.out}")
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

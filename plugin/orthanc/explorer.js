@@ -43,6 +43,7 @@
     '.progemu-step.progemu-current { color: #000; font-weight: bold; }',
     '.progemu-step.progemu-past { color: #1e7b34; }',
     '#progemu-reason { color: #a00; margin: 4px 0; }',
+    '#progemu-flagged { background: #000; color: #fff; font-weight: bold; padding: 6px 10px; margin: 6px 0; }',
     '#progemu-results ul { margin: 6px 0; padding-left: 20px; }',
     '#progemu-interpretation { background: #f4f4f4; border-left: 4px solid #c0392b; padding: 6px 10px;',
     '  margin: 6px 0; white-space: pre-wrap; }',
@@ -107,6 +108,11 @@
               .append($('<span class="progemu-hint">').text('(optional; 0 to 30)')))
       .append($('<input id="progemu-cfg" type="number" min="0" max="30" step="0.5" data-role="none">')));
     form.append(options);
+    form.append($('<div class="progemu-override">')
+      .append($('<input id="progemu-override" type="checkbox" data-role="none">'))
+      .append($('<label for="progemu-override">')
+              .text(' Research override: generate even if the prior is outside what the model was trained on ')
+              .append($('<span class="progemu-hint">').text('(recorded in every output)'))));
     form.append($('<div id="progemu-error">').hide());
     form.append($('<button id="progemu-submit" type="button" data-role="none">').text('Submit')
                 .click(function (event) { event.preventDefault(); submit(); }));
@@ -188,6 +194,13 @@
       }
       list.append(item);
     });
+    var checks = job.results.checks;
+    if (checks && checks.flagged) {
+      // a result the model cannot stand behind is never shown as a normal one
+      box.append($('<div id="progemu-flagged">')
+                 .text(checks.consistency.consistent === false ? checks.consistency.summary
+                                                                : 'Input outside the training data: ' + checks.input.summary));
+    }
     box.append($('<div>').text('New series in this study:')).append(list);
     box.append($('<div>').text('Hypothesis: ' + job.hypothesis));
     if (job.sampler) {
@@ -197,6 +210,10 @@
     if (job.results.interpretation) {
       box.append($('<div>').text('Interpretation:'));
       box.append($('<div id="progemu-interpretation">').text(job.results.interpretation));
+    }
+    if (checks) {
+      box.append($('<div id="progemu-checks">').text('Consistency: ' + checks.consistency.summary +
+                                                      '. Input check: ' + checks.input.summary + '.'));
     }
     box.append($('<span class="progemu-notice">').text(NOTICE));
   }
@@ -319,6 +336,9 @@
       return;
     }
     var body = {hypothesis: hypothesis};
+    if ($('#progemu-override').is(':checked')) {
+      body.allow_out_of_distribution = true;
+    }
     if (seed.value !== null) {
       body.seed = seed.value;
     }
@@ -344,6 +364,7 @@
     $('#progemu-status').hide();
     $('#progemu-results, #progemu-history, #progemu-reason, #progemu-state, #progemu-steps').empty();
     $('#progemu-hypothesis, #progemu-seed, #progemu-cfg').val('');
+    $('#progemu-override').prop('checked', false);
   }
 
   function toggle(event) {

@@ -33,7 +33,7 @@ JOB_ID = r"[A-Za-z0-9_-]{1,64}"
 REQUESTER = "orthanc-explorer"
 MAX_CFG_SCALE = 30.0
 MAX_BODY_BYTES = 64 * 1024
-BODY_FIELDS = {"hypothesis", "seed", "cfg_scale"}
+BODY_FIELDS = {"hypothesis", "seed", "cfg_scale", "allow_out_of_distribution"}
 DEFAULT_SUGGESTIONS = (
     "the left pleural effusion worsens",
     "the right pleural effusion resolves",
@@ -276,7 +276,8 @@ def _json_body(request: dict) -> dict:
         raise Problem(400, "the request body must be a JSON object")
     unknown = sorted(set(body) - BODY_FIELDS)
     if unknown:
-        raise Problem(400, f"unexpected field {unknown[0]!r}: send hypothesis, and optionally seed and cfg_scale")
+        raise Problem(400, f"unexpected field {unknown[0]!r}: send hypothesis, and optionally seed, cfg_scale "
+                           "and allow_out_of_distribution")
     return body
 
 
@@ -305,6 +306,11 @@ def validate(body: dict) -> dict[str, Any]:
         out["cfg_scale"] = float(cfg)
     elif SETTINGS.default_cfg_scale is not None:
         out["cfg_scale"] = SETTINGS.default_cfg_scale
+    override = body.get("allow_out_of_distribution", False)
+    if not isinstance(override, bool):
+        raise Problem(400, "allow_out_of_distribution must be true or false")
+    if override:
+        out["allow_out_of_distribution"] = True
     return out
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from orthanc_api_client import OrthancApiClient
 
-from tests.net import free_port, stop_process, wait_for
+from tests.support.net import free_port, stop_process, wait_for
 
 ORTHANC = "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"

@@ -1,8 +1,8 @@
 """A real Orthanc with the ProgEmu plugin (plugin/orthanc) and a real node behind it, for tests.
 
 The Orthanc configuration is docker/orthanc/orthanc.json, the demo's, with only what a test must
-change: free ports and storage (tests.orthanc_server owns those), the plugin script from this checkout,
-and the node's address, token and DICOM port.
+change: free ports and storage (tests.support.orthanc_server owns those), the plugin script from this
+checkout, and the node's address, token and DICOM port.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import httpx
 import pydicom
 from pydicom.uid import generate_uid
 
-from tests.net import free_port, wait_for
-from tests.node_server import API_TOKEN, NodeServer
-from tests.orthanc_server import PASSWORD, USER, OrthancServer
+from tests.support.net import free_port, wait_for
+from tests.support.node_server import API_TOKEN, NodeServer
+from tests.support.orthanc_server import PASSWORD, USER, OrthancServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ORTHANC_JSON = ROOT / "docker" / "orthanc" / "orthanc.json"
 PLUGIN_SCRIPT = ROOT / "plugin" / "orthanc" / "progemu_orthanc.py"
 DEMO_PRIOR = ROOT / "plugin" / "assets" / "demo_prior.dcm"
 ARTIFACTS = ROOT / "test-artifacts"
-# what tests.orthanc_server.OrthancServer sets for every test Orthanc: free ports, its own storage, users
+# what tests.support.orthanc_server.OrthancServer sets for every test Orthanc: free ports, its own storage, users
 SERVER_OWNED = {"Name", "HttpPort", "DicomPort", "DicomAet", "StorageDirectory", "IndexDirectory",
                 "RemoteAccessAllowed", "AuthenticationEnabled", "RegisteredUsers"}
 # a // or /* */ comment, or a JSON string (kept whole: "http://node:8080" holds no comment)

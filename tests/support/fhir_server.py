@@ -4,7 +4,7 @@ tests/fhir_server/ holds the Node.js script and its npm lock; `npm ci` there is 
 missing (or older than the lock), so a fresh checkout needs only node and npm. Without them the tests fail: a FHIR
 delivery never checked against a real server is not a pass.
 
-    from tests.fhir_server import fhir_server  # noqa: F401 - the session fixture
+    from tests.support.fhir_server import fhir_server  # noqa: F401 - the session fixture
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from types import TracebackType
 
 import pytest
 
-from tests.net import stop_process
+from tests.support.net import stop_process
 
-SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
+SERVER_DIR = Path(__file__).resolve().parents[1] / "fhir_server"  # tests/fhir_server: the Makefile runs npm ci there
 START_TIMEOUT_S = 60.0
 INSTALL_TIMEOUT_S = 600.0
 

@@ -18,6 +18,26 @@ def chest_pixels(rows: int = 200, columns: int = 160, bits: int = 12) -> np.ndar
     return np.clip(values, 0, 2**bits - 1).astype(np.uint16 if bits > 8 else np.uint8)
 
 
+def phantom_pixels(size: int = 256, bits: int = 12, seed: int = 5) -> np.ndarray:
+    """A chest phantom as the demo model was trained on it: a prior its calibrated input gate accepts.
+
+    ``chest_pixels`` is a cartoon the gate rightly refuses; tests that run the demo model on a prior use this.
+    """
+    from inference.data.phantom import Findings, render_chest, sample_anatomy
+
+    rng = np.random.default_rng(seed)
+    image = render_chest(sample_anatomy(rng), Findings(), size, rng)
+    return np.round(np.clip(image, 0.0, 1.0) * (2**bits - 1)).astype(np.uint16 if bits > 8 else np.uint8)
+
+
+def phantom_prior(**attributes: object) -> pydicom.Dataset:
+    """``phantom_pixels`` as a DX/CR/SC prior with the full 12-bit window, the contrast the model was trained on
+    (a window spanning only the data stretches the contrast, and the gate rightly refuses that prior)."""
+    from dicom_io.synthetic import build_synthetic_image
+
+    return build_synthetic_image(phantom_pixels(), window=(2048.0, 4096.0), **attributes)
+
+
 def write(ds: pydicom.Dataset, path: Path) -> Path:
     ds.save_as(path, enforce_file_format=True)
     return path

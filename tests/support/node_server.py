@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.net import free_port, stop_process, wait_for
+from tests.support.net import free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
 API_TOKEN = "node-test-token"

@@ -1,0 +1,1 @@
+"""The job store's revisions, oldest first: ``revNNNN_<what changes>.py``."""
