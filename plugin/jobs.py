@@ -195,6 +195,8 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
 
 
 class JobStore:
+    """Opening a store brings its schema to the newest revision, so every process may be the first to start."""
+
     def __init__(self, url: str) -> None:
         is_sqlite = url.startswith("sqlite")
         self.engine = create_engine(url, pool_pre_ping=True,

@@ -92,6 +92,8 @@ class Orchestrator:
         self.store.transition(job.id, JobState.RECEIVING, expect=[JobState.QUEUED])
         if job.series_instance_uids:
             self.expect(job.study_instance_uid, job.series_instance_uids)
+        if self._receiving(job.study_instance_uid):
+            return  # arriving right now: its completion hands the study to every job waiting for it
         self.dispatcher.retrieve(job.id)
 
     def expect(self, study_uid: str, series_uids) -> None:
@@ -102,6 +104,9 @@ class Orchestrator:
         """Have the PACS send the study; a PermanentError fails the job, a TransientError is retried by the caller."""
         job = self.store.get(job_id)
         if job is None or job.state != JobState.RECEIVING:
+            return
+        if self.spool.has_study(job.study_instance_uid) and not self._receiving(job.study_instance_uid):
+            self.dispatcher.generate(job_id)  # it arrived meanwhile (pushed, or a retrieval retried)
             return
         series = self.retriever.request(job.study_instance_uid, job.series_instance_uids)
         self.expect(job.study_instance_uid, series)

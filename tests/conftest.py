@@ -4,9 +4,10 @@ Two markers sort the tests into tiers:
 
 * ``integration``: needs a server or a heavy program outside this process: Orthanc, PostgreSQL, Redis, Chromium, the
   Node.js FHIR server (tests/fhir_server), a node subprocess (`progemu serve` or `progemu listen`), or docker compose
-  and hadolint. A test parametrised over SQLite and PostgreSQL carries it on the PostgreSQL case only.
-* ``slow`` (registered in pyproject.toml): heavy computation, no outside service: ONNX export, training and evaluation
-  runs, the shipped demo model, or the CLI run end to end several times.
+  and hadolint; or runs real DICOM associations against a listener on a port (DCMTK or pynetdicom as the peer). A
+  test parametrised over SQLite and PostgreSQL carries it on the PostgreSQL case only.
+* ``slow`` (registered in pyproject.toml): heavy computation, no outside service: ONNX export, training, calibration
+  and evaluation runs, the shipped demo model, or a model run end to end through the CLI.
 
     pytest -m "not integration and not slow"    # the fast tier: under a minute on 2 cores
     pytest -m "integration or slow"              # the rest
@@ -27,7 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # `slow` is registered in pyproject.toml; `integration` here, where the tiers are described
     config.addinivalue_line("markers", "integration: needs an external server or heavy external program "
                                        "(Orthanc, PostgreSQL, Redis, Chromium, the FHIR server, a `progemu serve` or "
-                                       "`progemu listen` subprocess, docker compose/hadolint)")
+                                       "`progemu listen` subprocess, docker compose/hadolint), or real DICOM "
+                                       "associations with a listener on a port")
 
 
 SMALL_SPEC = ModelSpec(name="ProgEmu", version="test-small-0", image_size=64, max_text_tokens=24)

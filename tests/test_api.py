@@ -14,6 +14,7 @@ from plugin.jobs import JobState
 from plugin.orchestrator import Orchestrator
 from plugin.server import readiness
 from plugin.tasks import CeleryDispatcher, configure
+from tests.support.net import skip_retry_backoff
 
 TOKEN = "api-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -94,7 +95,8 @@ def test_an_unknown_study_without_a_pacs_is_a_404(client: TestClient) -> None:
     assert "no PACS is configured" in response.json()["detail"]
 
 
-def test_an_unreachable_pacs_is_a_502(tmp_path: Path) -> None:
+def test_an_unreachable_pacs_is_a_502(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    skip_retry_backoff(monkeypatch)
     config = Settings(data_dir=tmp_path, api_token=TOKEN, pacs_url="http://127.0.0.1:9")
     node = Orchestrator(config, CeleryDispatcher())
     response = TestClient(create_app(node)).post("/v1/counterfactuals", json=_body("1.2.3.4"), headers=AUTH)

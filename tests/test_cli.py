@@ -90,6 +90,7 @@ def test_same_seed_gives_byte_identical_pixels(prior: Path, tmp_path: Path, smal
     assert a.SOPInstanceUID != b.SOPInstanceUID  # a new instance each run, the same pixels
 
 
+@pytest.mark.slow
 def test_sampler_settings_reach_the_report(prior: Path, tmp_path: Path, small_checkpoint: Path) -> None:
     assert counterfactual(prior, tmp_path / "o", small_checkpoint, "--seed", "9", "--cfg-scale", "2.5",
                           "--top-k", "7", "--top-p", "0.9", "--temperature", "0.8", "--fhir-version", "R4B") == 0
@@ -165,6 +166,7 @@ def test_missing_prior_and_model(tmp_path: Path, small_checkpoint: Path, capsys:
     _refusal(capsys, counterfactual(prior, tmp_path / "o", tmp_path / "no-model"), "does not exist")
 
 
+@pytest.mark.slow
 def test_no_phi_in_logs(prior: Path, tmp_path: Path, small_checkpoint: Path,
                         caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
@@ -193,7 +195,7 @@ def test_train_options_override_only_what_they_name() -> None:
 
 
 COMMANDS = ("counterfactual", "demo", "serve", "listen", "worker", "export-onnx", "verify-onnx", "convert-checkpoint",
-            "calibrate", "make-dataset", "train", "evaluate")
+            "calibrate", "make-dataset", "train", "evaluate", "db")
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ class _FhirServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def fhir_server() -> Iterator[tuple[str, type[_FhirServer]]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FhirServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # quick stop
     thread.start()
     _FhirServer.received, _FhirServer.status = [], 200
     try:

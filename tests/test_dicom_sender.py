@@ -25,6 +25,7 @@ def test_success_and_warnings_count_as_sent(code: int, succeeded: bool) -> None:
     assert _succeeded(code) is succeeded
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("max_bytes", "stored"), [(10**8, True), (1000, False)])
 def test_store_succeeds_or_raises_with_the_peers_status(tmp_path: Path, max_bytes: int, stored: bool) -> None:
     config = ListenerConfig(ae_title="PROGEMU", host="127.0.0.1", port=free_port(),

@@ -80,6 +80,7 @@ def test_cli_refuses_a_tibia_and_a_lateral_before_generating(tmp_path: Path, cap
     assert not (tmp_path / "out").exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_cli_refuses_what_the_model_never_saw_unless_overridden(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A cartoon the demo model (trained on phantoms) never saw: refused with score and limit, or let through and
     recorded as such in the SR, the SC, the report page and FHIR."""
@@ -103,6 +104,7 @@ def test_cli_refuses_what_the_model_never_saw_unless_overridden(tmp_path: Path, 
     assert "OUTSIDE THE TRAINING DATA (research override)" in reports[0]["conclusion"]
 
 
+@pytest.mark.slow
 def test_an_in_distribution_prior_records_its_score_within_the_limit(tmp_path: Path) -> None:
     prior = write(phantom_prior(), tmp_path / "prior.dcm")
     assert _run(prior, tmp_path / "out", "--seed", "1") == 0
@@ -110,6 +112,7 @@ def test_an_in_distribution_prior_records_its_score_within_the_limit(tmp_path: P
     assert "Inside operational limits" in report and "within the limit" in report
 
 
+@pytest.mark.slow
 def test_the_node_fails_a_refused_job_with_the_reason_and_runs_an_overridden_one(tmp_path: Path) -> None:
     config = Settings(data_dir=tmp_path)
     configure(config)

@@ -75,12 +75,14 @@ def _pynetdicom_store(port: int, ds: pydicom.Dataset, calling: str = "STORESCU")
         assoc.release()
 
 
+@pytest.mark.integration
 def test_echoscu_from_an_allowed_peer_succeeds(tmp_path: Path) -> None:
     with Running(tmp_path) as node:
         result = _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.integration
 def test_unknown_ae_title_is_rejected_at_association(tmp_path: Path) -> None:
     with Running(tmp_path) as node:
         result = _dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
@@ -89,6 +91,7 @@ def test_unknown_ae_title_is_rejected_at_association(tmp_path: Path) -> None:
     assert "Calling AE Title Not Recognized" in result.stderr + result.stdout
 
 
+@pytest.mark.integration
 def test_known_ae_title_from_another_host_is_rejected(tmp_path: Path) -> None:
     with Running(tmp_path, peers=(DicomPeer("STORESCU", "192.0.2.10", 104),)) as node:
         result = _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
@@ -96,6 +99,7 @@ def test_known_ae_title_from_another_host_is_rejected(tmp_path: Path) -> None:
     assert "Association Rejected" in result.stderr + result.stdout
 
 
+@pytest.mark.integration
 def test_storescu_instances_land_in_the_spool_as_sent_and_the_study_completes(tmp_path: Path) -> None:
     study = generate_uid()
     files = [write(_image(study), tmp_path / f"in{i}.dcm") for i in range(3)]
@@ -121,6 +125,7 @@ def test_storescu_instances_land_in_the_spool_as_sent_and_the_study_completes(tm
         assert received.PatientID == original.PatientID
 
 
+@pytest.mark.integration
 def test_a_study_completes_as_soon_as_the_expected_series_are_in(tmp_path: Path) -> None:
     ds = _image()
     with Running(tmp_path, quiet_seconds=3600) as node:
@@ -130,6 +135,7 @@ def test_a_study_completes_as_soon_as_the_expected_series_are_in(tmp_path: Path)
     assert node.completed[0].series == {ds.SeriesInstanceUID}
 
 
+@pytest.mark.integration
 def test_our_own_outputs_are_acknowledged_but_never_spooled(tmp_path: Path) -> None:
     ds = _image(Manufacturer=MANUFACTURER)
     with Running(tmp_path) as node:
@@ -139,6 +145,7 @@ def test_our_own_outputs_are_acknowledged_but_never_spooled(tmp_path: Path) -> N
     assert node.completed == []
 
 
+@pytest.mark.integration
 def test_a_failed_write_answers_a_failure_status_not_success(tmp_path: Path) -> None:
     ds = _image()
     with Running(tmp_path) as node:
@@ -148,6 +155,7 @@ def test_a_failed_write_answers_a_failure_status_not_success(tmp_path: Path) -> 
     assert list((tmp_path / "spool").rglob("*.dcm")) == []
 
 
+@pytest.mark.integration
 def test_a_full_spool_refuses_and_keeps_nothing_half_written(tmp_path: Path) -> None:
     ds = _image()
     with Running(tmp_path, max_bytes=1000) as node:
@@ -161,6 +169,7 @@ def test_refusals_are_c_store_failure_statuses() -> None:
     assert STORAGE_SERVICE_CLASS_STATUS[CANNOT_UNDERSTAND] == (STATUS_FAILURE, "Cannot Understand")
 
 
+@pytest.mark.integration
 def test_a_dataset_without_study_uid_is_refused(tmp_path: Path) -> None:
     ds = _image()
     del ds.StudyInstanceUID
@@ -169,6 +178,7 @@ def test_a_dataset_without_study_uid_is_refused(tmp_path: Path) -> None:
     assert list((tmp_path / "spool").rglob("*.dcm")) == []
 
 
+@pytest.mark.integration
 def test_associations_beyond_the_limit_are_rejected(tmp_path: Path) -> None:
     with Running(tmp_path, max_associations=1) as node:
         ae = AE("STORESCU")
@@ -190,6 +200,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+@pytest.mark.integration
 def test_tls_listener_answers_tls_and_refuses_plain_connections(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     with Running(tmp_path, tls_cert=cert, tls_key=key) as node:
@@ -216,6 +227,7 @@ def test_bad_peer_is_refused(text: str) -> None:
         DicomPeer.parse(text)
 
 
+@pytest.mark.integration
 def test_concurrent_senders_all_land(tmp_path: Path) -> None:
     images = [_image() for _ in range(4)]
     with Running(tmp_path) as node:
@@ -230,6 +242,7 @@ def test_concurrent_senders_all_land(tmp_path: Path) -> None:
     assert all(node.spool.instances(ds.StudyInstanceUID) for ds in images)
 
 
+@pytest.mark.integration
 def test_dx_storage_class_is_accepted_in_compressed_transfer_syntaxes(tmp_path: Path) -> None:
     from pydicom.uid import JPEGLSLossless
 

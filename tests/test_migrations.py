@@ -200,7 +200,7 @@ def test_stores_opened_at_once_upgrade_once(url: str) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=30)
     assert errors == []
     assert revisions == [HEAD] * 4
 

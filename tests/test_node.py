@@ -40,6 +40,7 @@ def _job(node: Orchestrator, study: str, request_id: str = "r") -> str:
     return job.id
 
 
+@pytest.mark.slow
 def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path: Path, caplog) -> None:
     node = _node(tmp_path, destination="PACS@127.0.0.1:104", fhir_url="http://127.0.0.1:9/fhir")
     prior = phantom_prior(**PHI)
@@ -66,6 +67,7 @@ def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path:
     assert logged and not any(value in logged for value in ("DOE", "JANE", "MRN-998877", "19451231"))
 
 
+@pytest.mark.slow
 def test_a_finished_job_is_not_generated_again(tmp_path: Path) -> None:
     node = _node(tmp_path)
     prior = phantom_prior()
@@ -114,3 +116,41 @@ def test_routing_rules_create_a_job_for_pushed_studies(tmp_path: Path, rule: Rou
         assert jobs[0].source == f"route:{rule.name}" and jobs[0].hypothesis == "h"
         node.on_study_complete(StudyArrival(prior.StudyInstanceUID, called, "ORTHANC", set(), 1))
         assert len(node.store.list(study_instance_uid=prior.StudyInstanceUID)) == 1  # same rule, same study: one job
+
+
+class _Recorder:
+    """Records where the node sends each step instead of queueing it."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, object]] = []
+
+    def generate(self, job_id: str) -> None:
+        self.steps.append(("generate", job_id))
+
+    def deliver(self, delivery_id: int) -> None:
+        self.steps.append(("deliver", delivery_id))
+
+    def retrieve(self, job_id: str) -> None:
+        self.steps.append(("retrieve", job_id))
+
+
+def test_a_request_for_a_study_still_arriving_waits_for_it_instead_of_retrieving(tmp_path: Path) -> None:
+    """No PACS configured, the study half received: the job waits for the listener, it is not failed."""
+    from types import SimpleNamespace
+
+    config = Settings(data_dir=tmp_path)
+    recorder = _Recorder()
+    node = Orchestrator(config, recorder)
+    arriving = {"yes": True}
+    node.listener = SimpleNamespace(tracker=SimpleNamespace(receiving=lambda uid: arriving["yes"]),  # type: ignore
+                                    expect=lambda *args: None)
+    prior = phantom_prior()
+    _spool(node, prior, tmp_path)
+    job, _ = node.submit(NewJob(request_id="r", study_instance_uid=prior.StudyInstanceUID, source="test",
+                                hypothesis="The effusion worsens.", sampler=node.default_sampler()))
+    assert job.state == JobState.RECEIVING and recorder.steps == []
+    arriving["yes"] = False
+    node.on_study_complete(StudyArrival(prior.StudyInstanceUID, "PROGEMU", "ORTHANC", {prior.SeriesInstanceUID}, 1))
+    assert recorder.steps == [("generate", job.id)]
+    node.retrieve(job.id)  # a retrieval that was already queued finds the study here and generates instead
+    assert recorder.steps[-1] == ("generate", job.id) and node.store.get(job.id).state == JobState.RECEIVING

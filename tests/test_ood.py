@@ -78,6 +78,7 @@ def test_stepwise_scoring_matches_one_pass(small_model: ProgEmuModel) -> None:
     np.testing.assert_allclose(stepwise, one_pass, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_calibration_is_stored_in_the_checkpoint(calibrated: tuple[Path, Calibration, str]) -> None:
     path, calibration, previous = calibrated
     stored = json.loads((path / SPEC_NAME).read_text())
@@ -91,6 +92,7 @@ def test_calibration_is_stored_in_the_checkpoint(calibrated: tuple[Path, Calibra
     assert export["source_checkpoint_sha256"] == identity and export["spec"]["ood"] == calibration.to_dict()
 
 
+@pytest.mark.slow
 def test_foreign_images_score_above_the_limit(calibrated: tuple[Path, Calibration, str]) -> None:
     path, calibration, _ = calibrated
     pipeline = load_pipeline(path, EngineOptions(engine="torch"))
@@ -107,6 +109,7 @@ def test_foreign_images_score_above_the_limit(calibrated: tuple[Path, Calibratio
     assert message.endswith(f"limit {calibration.limit:.2f})")
 
 
+@pytest.mark.slow
 def test_the_demo_model_refuses_what_it_never_saw(tmp_path: Path) -> None:
     """The shipped demo model, trained on phantoms: its language model and its VQ both tell them from others."""
     path = copy_with_export_manifest(DEMO_MODEL, tmp_path / "demo")

@@ -9,7 +9,7 @@ import pytest
 from plugin.config import Settings
 from plugin.errors import PacsNotConfigured, PermanentError, RetrievalError, TransientError
 from plugin.retrieval import Retriever
-from tests.support.net import free_port
+from tests.support.net import free_port, skip_retry_backoff
 
 
 def test_without_a_pacs_retrieval_is_a_permanent_failure(tmp_path: Path) -> None:
@@ -20,7 +20,8 @@ def test_without_a_pacs_retrieval_is_a_permanent_failure(tmp_path: Path) -> None
     assert isinstance(raised.value, PermanentError) and not isinstance(raised.value, TransientError)
 
 
-def test_a_pacs_that_does_not_answer_is_transient(tmp_path: Path) -> None:
+def test_a_pacs_that_does_not_answer_is_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    skip_retry_backoff(monkeypatch)
     retriever = Retriever(Settings(data_dir=tmp_path, pacs_url=f"http://127.0.0.1:{free_port()}"))
     assert retriever.configured
     for attempt in (lambda: retriever.exists("1.2.3"), lambda: retriever.request("1.2.3")):

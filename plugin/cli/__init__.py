@@ -1,7 +1,8 @@
 """The ``progemu`` command: the parser, logging and one-line errors; each family of commands has its own module.
 
 Families register their subcommands and handlers (``counterfactual``: running one; ``node``: the DICOM node;
-``model_tools``: ONNX export and checkpoint conversion; ``training``: data, training and evaluation). Anything
+``model_tools``: ONNX export, checkpoint conversion and calibration; ``training``: data, training and evaluation;
+``database``: job store migrations). Anything
 that pulls in torch, transformers or onnx is imported inside a handler, so that ``progemu --help`` stays fast.
 """
 

@@ -44,9 +44,9 @@ def upgrade(connection: Connection) -> str:
     PostgreSQL a transaction-level advisory lock, on SQLite a write lock from the first statement (pysqlite would
     otherwise run the DDL outside any transaction, so two processes could both see an empty database).
     """
-    if False:
+    if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-    elif False:
+    elif connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     alembic_config = config(connection)
     if revision(connection) is None and inspect(connection).has_table("jobs"):

@@ -7,6 +7,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def free_port() -> int:
@@ -41,3 +45,10 @@ def stop_process(process: subprocess.Popen | None, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def skip_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep urllib3's retries (orthanc_api_client retries a refused connection) but not its seconds of backoff."""
+    from urllib3.util.retry import Retry
+
+    monkeypatch.setattr(Retry, "_sleep_backoff", lambda self: None)
