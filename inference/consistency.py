@@ -36,7 +36,6 @@ PERIPHERY = 0.15  # a pneumothorax rim lies this far lateral of the midline (or 
 
 SIGN = {"effusion": 1, "consolidation": 1, "oedema": 1, "cardiomegaly": 1, "pneumothorax": -1}
 """How a finding changes the image as it worsens: opacities brighten, a pneumothorax darkens."""
-MARK = "inconsistent with the hypothesis"
 
 
 def moves_as_hypothesised(direction: str, change: float, tolerance: float) -> bool:
@@ -72,13 +71,7 @@ class ConsistencyResult:
     hypothesis_finding: FindingTuple | None
     interpretation_finding: FindingTuple | None
     image: ImageChange
-
-    @property
-    def label(self) -> str:
-        """What the result is delivered marked with."""
-        if self.consistent is None:
-            return f"not checked: {self.reason}"
-        return "consistent with the hypothesis" if self.consistent else f"{MARK}: {self.reason}"
+    """How the result is marked is the application's (``dicom_io.records.ConsistencyCheck``): one wording."""
 
 
 def _site(named: FindingTuple) -> FindingSite:
