@@ -7,6 +7,8 @@ binding, and only the scored logits are copied to the host for the sampler.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import onnxruntime as ort
 
@@ -15,7 +17,7 @@ from inference.onnx_bundle import OnnxProgEmu
 from inference.sampler import Sampler
 
 
-class _OnnxBackend:
+class _OnnxBackend(ABC):
     """Shared bookkeeping: mask and positions live on the host (they are tiny)."""
 
     def __init__(self, model: OnnxProgEmu) -> None:
@@ -34,9 +36,9 @@ class _OnnxBackend:
             return "head_visual", first
         return "head", 0
 
+    @abstractmethod
     def _run(self, ids: np.ndarray, positions: np.ndarray) -> None:
         """Run the language model on new tokens, keeping the last hidden state and the grown cache."""
-        raise NotImplementedError
 
     def start(self, batch: PromptBatch) -> None:
         self.mask = batch.attention_mask
