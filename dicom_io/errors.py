@@ -23,3 +23,11 @@ class UnsupportedImageError(DicomInputError):
 
 class ImageTooLargeError(DicomInputError):
     """The image exceeds the configured size limit."""
+
+
+class PixelDataError(DicomInputError):
+    """The header is usable but the pixel data cannot be decoded: corrupt, truncated, or an unsupported encoding."""
+
+
+class PatientRecordError(DicomInputError):
+    """A patient or study attribute that every output copies from the prior is missing or malformed."""

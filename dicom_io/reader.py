@@ -3,7 +3,11 @@
 Cheap header checks come before pixel decoding, so an oversized or unsuitable
 object is refused without spending memory on it. Messages never contain PHI,
 and parser exceptions are not chained into them: pydicom's messages can quote
-element values such as names or dates.
+element values such as names or dates. For the same reason pydicom's own warnings
+and log records about a file are held back (counted at debug level, never shown).
+
+Every way untrusted bytes can fail ends in one DicomInputError subclass, including
+a Rust decoder's panic, which Python raises as a BaseException.
 """
 
 from __future__ import annotations
@@ -12,17 +16,29 @@ import io
 import logging
 import os
 import re
+import struct
+import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR
+from pydicom.encaps import get_frame
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import _get_jpg_parameters
+from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes, RLELossless
+from pydicom.valuerep import validate_value
 
 from dicom_io.errors import (
     DicomInputError,
     ImageTooLargeError,
     NoPixelDataError,
     NotDicomError,
+    PatientRecordError,
+    PixelDataError,
     UnsupportedImageError,
 )
 
@@ -38,6 +54,18 @@ SECONDARY_CAPTURE = (
     "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
 )
 RADIOGRAPHY = (CR, DX_PRESENTATION, DX_PROCESSING)
+RECORD_TYPE_1 = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality")
+"""Every output names the prior's study and references the prior (the SR its series too, as evidence)."""
+RECORD_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                     "StudyID", "AccessionNumber")
+"""Type 2 Patient and General Study attributes: every output copies them (highdicom requires them present)."""
+PATIENT_SEX = ("", "M", "F", "O")
+MALFORMED_HEADER = (ValueError, TypeError, LookupError, AttributeError, NotImplementedError, OverflowError, OSError,
+                    struct.error, BytesLengthException, InvalidDicomError)
+"""What pydicom raises for an element it cannot convert once the file is in memory: an unknown VR, a value whose
+length does not fit its VR, an unknown character set (LookupError), a sequence cut short (OSError)."""
+JPEG_FAMILY = frozenset((*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes, *JPEG2000TransferSyntaxes))
+"""Syntaxes whose codestreams declare their own image size (a decoder allocates what they declare)."""
 AUTO_WINDOW_PERCENTILES = (0.5, 99.5)
 """Window for images without a VOI (DX for processing, some CR and SC), like a viewer's automatic window but robust
 to collimator edges, markers and dead pixels. It depends on the data, not on the stored range: DCMTK's lossy JPEG
@@ -100,6 +128,54 @@ def printable(value: object) -> str:
     return re.sub(r"[^\x20-\x7e]", "?", str(value))[:64] or "unknown"
 
 
+class _ParserQuiet:
+    """Holds back pydicom's warnings and log records while untrusted files are parsed and decoded.
+
+    They can quote element values (names, dates), and on a terminal they would break a refusal's one line; a debug
+    line counts them. Warning filters and logger levels are process-wide, so concurrent reads (the embedded
+    worker's threads) share one quiet period, opened by the first and closed by the last; pydicom's records from
+    other threads are held back during it too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._level = logging.NOTSET
+        self._warnings = warnings.catch_warnings(record=True)
+        self._caught: list[warnings.WarningMessage] = []
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                parser_log = logging.getLogger("pydicom")  # its modules log to it and to children of it
+                self._level = parser_log.level
+                parser_log.setLevel(logging.CRITICAL + 1)
+                self._warnings = warnings.catch_warnings(record=True)
+                caught = self._warnings.__enter__()
+                self._caught = caught if caught is not None else []  # the list it records into, even when empty
+                warnings.simplefilter("always")
+            self._depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth:
+                return
+            logging.getLogger("pydicom").setLevel(self._level)
+            self._warnings.__exit__(None, None, None)
+            count = len(self._caught)
+        if count:
+            log.debug("pydicom reported %d problem(s) with the file (not shown: they can quote patient data)", count)
+
+
+_parser_quiet = _ParserQuiet()
+
+
+def _is_decoder_panic(exc: BaseException) -> bool:
+    """A panic in a Rust decoder (pylibjpeg-rle), raised by pyo3 as a BaseException from an unimportable module."""
+    return any(kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime" for kind in type(exc).__mro__)
+
+
 def _load(source: str | os.PathLike | bytes | pydicom.Dataset) -> pydicom.Dataset:
     if isinstance(source, pydicom.Dataset):
         return source
@@ -148,14 +224,63 @@ def _output_range(ds: pydicom.Dataset) -> tuple[float, float]:
     return low * slope + intercept, high * slope + intercept
 
 
+def _transfer_syntax(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta else ""
+
+
+def _declared_shape(frame: bytes, syntax: str) -> tuple[int, int] | None:
+    """(rows, columns) as a JPEG, JPEG-LS or JPEG 2000 codestream (``syntax``) declares them; None if it does not
+    say."""
+    if syntax in JPEG2000TransferSyntaxes:  # HTJ2K included
+        at = frame.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC, then SIZ (ISO/IEC 15444-1 A.5.1)
+        if at < 0 or len(frame) < at + 24:
+            return None
+        width, height, left, top = struct.unpack_from(">4L", frame, at + 8)
+        return height - top, width - left
+    info = _get_jpg_parameters(frame)  # pydicom's own SOF parser, for JPEG and JPEG-LS
+    return (info["height"], info["width"]) if info.get("height") else None  # 0: given later, by DNL
+
+
+def _check_encoded_size(ds: pydicom.Dataset, syntax: str) -> None:
+    """Refuse compressed data that would decode to more than the header's image, before any decoder sees it.
+
+    A codec allocates what its stream declares: a 4 KB JPEG 2000 file declaring 5 million rows took seconds and
+    a gigabyte before the mismatch showed. RLE never encodes an image to much more than its raw size; pydicom's
+    RLE decoder would expand a larger stream up to 64-fold before noticing.
+    """
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if syntax == RLELossless:
+        raw = rows * columns * max(1, int(ds.get("BitsAllocated") or 8) // 8)
+        if len(ds.PixelData) > 2 * raw + 65_536:
+            raise PixelDataError(f"the pixel data could not be decoded: {len(ds.PixelData)} bytes of RLE data is "
+                                 f"more than any encoding of a {rows}x{columns} image (corrupt)")
+    elif syntax in JPEG_FAMILY:
+        declared = _declared_shape(get_frame(ds.PixelData, 0, number_of_frames=1), syntax)
+        if declared is not None and declared != (rows, columns):
+            raise PixelDataError(f"the pixel data could not be decoded: its stream declares a {declared[0]}x"
+                                 f"{declared[1]} image, the header a {rows}x{columns} one (corrupt)")
+
+
 def _decode(ds: pydicom.Dataset) -> np.ndarray:
+    """The stored pixel values; every decoder failure, a Rust panic included, is a PixelDataError.
+
+    RLE is decoded by pydicom's own decoder, not pylibjpeg-rle's: corrupt segments make the Rust one panic,
+    which prints a report on stderr that no exception handler can hold back.
+    """
+    syntax = _transfer_syntax(ds)
     try:
+        _check_encoded_size(ds, syntax)
+        if syntax == RLELossless:
+            ds.pixel_array_options(decoding_plugin="pydicom")
         return ds.pixel_array
-    except Exception as exc:  # every decoder failure means the same thing to the user
-        meta = getattr(ds, "file_meta", None)
-        syntax = printable(meta.get("TransferSyntaxUID", "")) if meta else "unknown"
-        raise NotDicomError(f"the pixel data cannot be decoded ({type(exc).__name__}): truncated or an unsupported "
-                            f"transfer syntax ({syntax})") from None
+    except PixelDataError:
+        raise
+    except BaseException as exc:  # every decoder failure means the same thing to the user
+        if not isinstance(exc, Exception) and not _is_decoder_panic(exc):
+            raise  # KeyboardInterrupt, SystemExit and the like
+        raise PixelDataError(f"the pixel data could not be decoded ({type(exc).__name__}): it is corrupt or "
+                             f"truncated, or its transfer syntax ({printable(syntax)}) is not supported") from None
 
 
 def _apply_voi_lut_sequence(values: np.ndarray, item: pydicom.Dataset) -> tuple[np.ndarray, tuple[float, float]]:
@@ -180,7 +305,7 @@ def _present(ds: pydicom.Dataset, keyword: str) -> bool:
     return keyword in ds and not ds[keyword].is_empty
 
 
-def _display_values(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
+def display_values(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     """Stored values to displayed brightness: Modality LUT, VOI (LUT or window), MONOCHROME1 inversion."""
     values = apply_modality_lut(stored, ds)
     if _present(ds, "VOILUTSequence"):
@@ -202,15 +327,53 @@ def read_prior(source: str | os.PathLike | bytes | pydicom.Dataset, *, max_pixel
 
     Raises a DicomInputError subclass for every input we refuse; FileNotFoundError and the like pass through.
     """
-    ds = _load(source)
-    try:
-        _check_header(ds, max_pixels)
-        geometry = SourceGeometry.from_dataset(ds)
-        pixels = _display_values(ds, _decode(ds))
-    except DicomInputError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise NotDicomError(f"the DICOM header is malformed ({type(exc).__name__}): a required image attribute is "
-                            "missing or invalid") from None
-    log.debug("read a %s prior of %dx%d", printable(ds.get("Modality", "")), geometry.rows, geometry.columns)
+    with _parser_quiet:
+        ds = _load(source)
+        try:
+            _check_header(ds, max_pixels)
+            geometry = SourceGeometry.from_dataset(ds)
+            pixels = display_values(ds, _decode(ds))
+            log.debug("read a %s prior of %dx%d", printable(ds.get("Modality", "")), geometry.rows, geometry.columns)
+        except DicomInputError:
+            raise
+        except MALFORMED_HEADER as exc:
+            raise NotDicomError(f"the DICOM header is malformed ({type(exc).__name__}): a required image attribute "
+                                "is missing or invalid") from None
     return PriorImage(pixels, ds, geometry)
+
+
+def _copyable(ds: pydicom.Dataset, keyword: str) -> bool:
+    """Present with the VR and multiplicity the standard gives it, and a value that VR allows."""
+    try:
+        element = ds[keyword]
+        validate_value(element.VR, element.value, pydicom_config.RAISE)
+    except MALFORMED_HEADER:
+        return False
+    return (element.VR == dictionary_VR(keyword) and element.VM <= 1
+            and (keyword != "PatientSex" or element.value in PATIENT_SEX))
+
+
+def check_patient_record(ds: pydicom.Dataset) -> None:
+    """Refuse a prior whose patient and study attributes cannot be carried into the outputs.
+
+    Every output copies them into the patient's record, so a missing one or a value its VR forbids would fail
+    there, after generation, or corrupt the record in the PACS. The message names the attribute, never its value.
+    """
+    with _parser_quiet:
+        try:
+            for _ in ds.iterall():  # parsed now, so that no element fails later, in a writer that copies it
+                pass
+        except MALFORMED_HEADER as exc:
+            raise PatientRecordError(f"the header holds an element that cannot be parsed ({type(exc).__name__}): "
+                                     "it is malformed") from None
+        for keyword in (*RECORD_TYPE_1, *RECORD_ATTRIBUTES):
+            required = "Type 1" if keyword in RECORD_TYPE_1 else "Type 2"
+            if keyword not in ds:
+                raise PatientRecordError(f"the header has no {keyword} ({required}): the outputs copy or refer to "
+                                         "it, so the prior must carry it")
+            if not _copyable(ds, keyword):
+                raise PatientRecordError(f"the header's {keyword} is malformed: not a valid {dictionary_VR(keyword)} "
+                                         "value that the outputs could copy")
+            if required == "Type 1" and not ds[keyword].value:
+                raise PatientRecordError(f"the header's {keyword} is empty ({required}): the outputs copy or refer "
+                                         "to it")

@@ -1,8 +1,13 @@
-"""Outgoing DICOM: C-STORE results to a peer, C-MOVE a study from a PACS to us, C-ECHO for readiness."""
+"""Outgoing DICOM: C-STORE results to a peer, C-MOVE a study from a PACS to us, C-ECHO for readiness.
+
+Each takes ``tls``: an :class:`ssl.SSLContext` (see :func:`dicom_io.tls.client_context`) makes the
+association TLS, the peer's certificate checked against its host; None keeps it plain TCP.
+"""
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,22 +34,25 @@ def _succeeded(code: int) -> bool:
     return code_to_category(code) in (STATUS_SUCCESS, STATUS_WARNING)
 
 
-def _associate(ae: AE, peer: DicomPeer, timeout: float):
+def _associate(ae: AE, peer: DicomPeer, timeout: float, tls: ssl.SSLContext | None):
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title,
+                         tls_args=None if tls is None else (tls, peer.host))
     if not assoc.is_established:
-        raise DicomSendError(f"association with {peer} failed "
-                             f"({'rejected' if assoc.is_rejected else 'no answer or aborted'})")
+        # a failed TLS handshake (an untrusted or misnamed certificate) shows as no answer: pynetdicom logs why
+        how = "rejected" if assoc.is_rejected else "no answer or aborted"
+        raise DicomSendError(f"association with {peer}{' over TLS' if tls else ''} failed ({how})")
     return assoc
 
 
-def store(paths: Sequence[Path], peer: DicomPeer, *, calling_ae_title: str, timeout: float = 30.0) -> None:
+def store(paths: Sequence[Path], peer: DicomPeer, *, calling_ae_title: str, timeout: float = 30.0,
+          tls: ssl.SSLContext | None = None) -> None:
     """Send every file with C-STORE in one association; raise DicomSendError unless all succeeded."""
     datasets = [pydicom.dcmread(path) for path in paths]
     ae = AE(calling_ae_title)
     for sop_class in sorted({ds.SOPClassUID for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = _associate(ae, peer, timeout)
+    assoc = _associate(ae, peer, timeout, tls)
     try:
         for ds in datasets:
             status = assoc.send_c_store(ds)
@@ -58,10 +66,10 @@ def store(paths: Sequence[Path], peer: DicomPeer, *, calling_ae_title: str, time
     log.info("stored %d instance(s) at %s", len(datasets), peer)
 
 
-def echo(peer: DicomPeer, *, calling_ae_title: str, timeout: float = 5.0) -> None:
+def echo(peer: DicomPeer, *, calling_ae_title: str, timeout: float = 5.0, tls: ssl.SSLContext | None = None) -> None:
     ae = AE(calling_ae_title)
     ae.add_requested_context(Verification)
-    assoc = _associate(ae, peer, timeout)
+    assoc = _associate(ae, peer, timeout, tls)
     try:
         status = assoc.send_c_echo()
         if getattr(status, "Status", None) != Status.SUCCESS:
@@ -71,7 +79,7 @@ def echo(peer: DicomPeer, *, calling_ae_title: str, timeout: float = 5.0) -> Non
 
 
 def move_study(pacs: DicomPeer, study_uid: str, *, destination_ae_title: str, calling_ae_title: str,
-               series_uids: Sequence[str] = (), timeout: float = 600.0) -> None:
+               series_uids: Sequence[str] = (), timeout: float = 600.0, tls: ssl.SSLContext | None = None) -> None:
     """Ask ``pacs`` to C-STORE a study (or only some of its series) to ``destination_ae_title``."""
     query = pydicom.Dataset()
     query.QueryRetrieveLevel = "SERIES" if series_uids else "STUDY"
@@ -80,7 +88,7 @@ def move_study(pacs: DicomPeer, study_uid: str, *, destination_ae_title: str, ca
         query.SeriesInstanceUID = list(series_uids)
     ae = AE(calling_ae_title)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = _associate(ae, pacs, timeout)
+    assoc = _associate(ae, pacs, timeout, tls)
     try:
         final = None
         for status, _ in assoc.send_c_move(query, destination_ae_title, StudyRootQueryRetrieveInformationModelMove):

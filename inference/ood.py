@@ -1,7 +1,7 @@
 """Is a prior within what the checkpoint was trained on? A score from the model itself, calibrated per checkpoint.
 
-Both components are what the model does with the prior before anything is generated, so they need no second
-model and run on either engine:
+The components are what the model does with the prior before anything is generated, or what the calibration
+priors looked like, so they need no second model and run on either engine:
 
 * ``reconstruction_rms``: the RMS difference between the prior and the VQ tokenizer's reconstruction of it, at
   the model's image size. The tokenizer was fit to the training images; what it cannot represent (other anatomy,
@@ -10,6 +10,11 @@ model and run on either engine:
   after BOS and the image header exactly as a prior appears in training, in units of ln(codebook size) (1.0: no
   better than chance, so checkpoints of any codebook compare). It is normalised over the visual vocabulary: the
   distribution the sampler draws image tokens from, and all that the ONNX ``head_visual`` graph computes.
+* ``layout_distance`` and ``layout_residual``: where the prior's mass lies, as a 16x16 grid of block means, against
+  the principal components of the calibration priors' grids (the Mahalanobis distance within the first
+  ``LAYOUT_RANK`` of them, and the distance off them). Both components above judge the image patch by patch, and a
+  lateral chest film, a hand or a knee are made of patches a chest model has seen; what they lack is a frontal
+  chest's arrangement of lungs, mediastinum and diaphragm, which this pair measures (docs/model.md has the figures).
 
 The calibration (``ood`` in ``progemu.json``, written by :func:`calibrate`) keeps robust statistics of each
 component over the checkpoint's intended inputs, and the limit that a chosen share of such inputs pass.
@@ -35,9 +40,9 @@ from inference.vision_tokenizer import ImageCodec
 
 log = logging.getLogger(__name__)
 
-METHOD = "progemu-ood/2"
+METHOD = "progemu-ood/3"
 """Names the score's definition: a calibration made for another definition is refused, not misread."""
-COMPONENTS = ("reconstruction_rms", "code_nll")
+COMPONENTS = ("reconstruction_rms", "code_nll", "layout_distance", "layout_residual")
 TWO_SIDED = frozenset({"code_nll"})
 """Components whose too-typical values count as foreign too (see ``Calibration.score``)."""
 MIN_IMAGES = 20
@@ -46,17 +51,78 @@ _NORMAL_MAD = 1.4826
 """MAD times this estimates the standard deviation of a normal sample."""
 
 
-def prior_components(vision: ImageCodec, prompts: PromptBuilder, engine: Engine, prior: np.ndarray
-                     ) -> dict[str, float]:
-    """The raw components for one prior: float32 [S, S] in [0, 1] at the model's image size."""
+LAYOUT_GRID = 16
+"""The prior's layout: the means of this many by this many blocks."""
+LAYOUT_RANK = 16
+"""Principal components of the calibration layouts kept: enough for a frontal chest's variety (the heart's size,
+the inspiration, the film's framing), few enough that other anatomy lies off them."""
+
+
+def layout_features(prior: np.ndarray) -> np.ndarray:
+    """The block means of a square prior (side a multiple of ``LAYOUT_GRID``), as one vector."""
+    side = prior.shape[0]
+    if prior.shape != (side, side) or side % LAYOUT_GRID:
+        raise ValueError(f"the layout needs a square prior whose side is a multiple of {LAYOUT_GRID}")
+    block = side // LAYOUT_GRID
+    return prior.reshape(LAYOUT_GRID, block, LAYOUT_GRID, block).mean(axis=(1, 3)).ravel().astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The principal components of the calibration priors' layouts."""
+
+    mean: np.ndarray
+    basis: np.ndarray
+    """[rank, features], orthonormal rows."""
+    variance: np.ndarray
+    """Of the calibration layouts along each row of ``basis``."""
+
+    @classmethod
+    def fit(cls, features: np.ndarray, rank: int = LAYOUT_RANK) -> Layout:
+        if len(features) <= rank:
+            raise ValueError(f"a layout of rank {rank} needs more than {rank} priors, got {len(features)}")
+        mean = features.mean(axis=0)
+        _, singular, rows = np.linalg.svd(features - mean, full_matrices=False)
+        return cls(mean, rows[:rank], np.maximum(singular[:rank] ** 2 / (len(features) - 1), 1e-12))
+
+    def components(self, prior: np.ndarray) -> dict[str, float]:
+        centred = layout_features(prior) - self.mean
+        along = self.basis @ centred
+        return {"layout_distance": float(np.sqrt(np.sum(along**2 / self.variance))),
+                "layout_residual": float(np.linalg.norm(centred - along @ self.basis))}
+
+    def to_dict(self) -> dict:
+        return {"grid": LAYOUT_GRID, "mean": _rounded(self.mean), "basis": [_rounded(row) for row in self.basis],
+                "variance": _rounded(self.variance)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Layout:
+        if data.get("grid") != LAYOUT_GRID:
+            raise ValueError(f"a layout on a {data.get('grid')} grid, not {LAYOUT_GRID}")
+        mean, basis, variance = (np.asarray(data[key], dtype=np.float64) for key in ("mean", "basis", "variance"))
+        if basis.ndim != 2 or basis.shape[1] != mean.shape[0] != LAYOUT_GRID**2 or variance.shape != (len(basis),):
+            raise ValueError("the layout's arrays do not fit together")
+        return cls(mean, basis, variance)
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    """Seven significant digits: what the score needs, a third of the JSON."""
+    return [float(f"{value:.7g}") for value in values]
+
+
+def prior_components(vision: ImageCodec, prompts: PromptBuilder, engine: Engine, prior: np.ndarray,
+                     layout: Layout | None = None) -> dict[str, float]:
+    """The raw components for one prior: float32 [S, S] in [0, 1] at the model's image size (the layout ones
+    only with the calibration's ``layout``)."""
     codes = vision.encode(prior[None])[0]
     reconstruction = vision.decode(codes[None])[0]
     lay = prompts.layout
     height, width = codes.shape
     log_probs = engine.span_log_probs([lay.bos, *prompts.image_header(height, width)], prompts.image_body(codes),
                                       (lay.visual_offset, lay.visual_offset + lay.codebook_size))
-    return {"reconstruction_rms": float(np.sqrt(np.mean((reconstruction - prior) ** 2))),
-            "code_nll": float(-log_probs.mean() / math.log(lay.codebook_size))}
+    components = {"reconstruction_rms": float(np.sqrt(np.mean((reconstruction - prior) ** 2))),
+                  "code_nll": float(-log_probs.mean() / math.log(lay.codebook_size))}
+    return components | (layout.components(prior) if layout is not None else {})
 
 
 @dataclass(frozen=True)
@@ -79,6 +145,7 @@ class Calibration:
     limit: float
     quantile: float
     images: int
+    layout: Layout
 
     def score(self, components: Mapping[str, float]) -> float:
         """The largest robust z-score over the components.
@@ -94,8 +161,9 @@ class Calibration:
                    for name in COMPONENTS)
 
     @classmethod
-    def fit(cls, samples: list[dict[str, float]], quantile: float) -> Calibration:
-        """References from the samples, and the limit that ``quantile`` of them pass."""
+    def fit(cls, samples: list[dict[str, float]], quantile: float, layout: Layout) -> Calibration:
+        """References from the samples, and the limit that ``quantile`` of them pass (``layout`` fitted on other
+        priors than the samples, or the samples' layout components would be too small)."""
         if not 0.5 <= quantile < 1.0:
             raise ValueError(f"the quantile must be in [0.5, 1), not {quantile}")
         count = len(samples)
@@ -113,14 +181,15 @@ class Calibration:
             spread = _NORMAL_MAD * float(np.median(np.abs(values - median)))
             # a floor relative to the median: identical calibration images would give a zero scale
             references[name] = Reference(median, max(spread, 1e-3 * abs(median), 1e-12))
-        unlimited = cls(references, math.inf, quantile, count)
+        unlimited = cls(references, math.inf, quantile, count, layout)
         limit = sorted(unlimited.score(sample) for sample in samples)[rank - 1]
-        return cls(references, limit, quantile, count)
+        return cls(references, limit, quantile, count, layout)
 
     def to_dict(self) -> dict:
         return {"method": METHOD, "limit": self.limit, "quantile": self.quantile, "images": self.images,
                 "components": {name: {"median": ref.median, "scale": ref.scale}
-                               for name, ref in self.references.items()}}
+                               for name, ref in self.references.items()},
+                "layout": self.layout.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Calibration:
@@ -131,7 +200,8 @@ class Calibration:
         try:
             references = {name: Reference(float(data["components"][name]["median"]),
                                           float(data["components"][name]["scale"])) for name in COMPONENTS}
-            return cls(references, float(data["limit"]), float(data["quantile"]), int(data["images"]))
+            return cls(references, float(data["limit"]), float(data["quantile"]), int(data["images"]),
+                       Layout.from_dict(data["layout"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"the checkpoint's out-of-distribution calibration is damaged ({exc!r}): "
                                   "calibrate it again") from None
@@ -172,17 +242,29 @@ def calibrate(model_path: str | Path, images: Iterable[np.ndarray], *, quantile:
     """Score the checkpoint's intended inputs and store the calibration in it; return the calibration.
 
     ``images`` are priors as the pipeline takes them: float32 [S, S] in [0, 1], letterboxed to the model's
-    image size by the node's own rule. The PyTorch engine scores them: the checkpoint is the reference the ONNX
+    image size by the node's own rule. Every other image fits the layout; the rest set the references and the
+    limit, so twice ``MIN_IMAGES`` (and twice what the quantile needs) are the least. The PyTorch engine scores
+    them: the checkpoint is the reference the ONNX
     export is verified against. ``progress`` is called with the number of images scored so far.
     """
     directory = Path(model_path)
     pipeline = load_pipeline(directory, EngineOptions(engine="torch", device=device))
-    samples = []
-    for image in images:
-        samples.append(pipeline.prior_components(image))
+    samples, layouts = [], []
+    for count, image in enumerate(images, start=1):
+        # alternate images: one half fits the layout, the other half scores against it (held out, as a new prior)
+        prior = pipeline.checked_prior(image)
+        if count % 2:
+            layouts.append(layout_features(prior))
+        else:  # the raw components, whatever calibration the checkpoint holds now (perhaps of an older method)
+            samples.append((prior_components(pipeline.model.vision, pipeline.model.prompts, pipeline.engine, prior),
+                            prior))
         if progress is not None:
-            progress(len(samples))
-    calibration = Calibration.fit(samples, quantile)
+            progress(count)
+    layout = Layout.fit(np.stack(layouts)) if len(layouts) > LAYOUT_RANK else None
+    if layout is None:
+        raise ValueError(f"calibration needs at least {2 * (LAYOUT_RANK + 1)} images, got {len(layouts) * 2}")
+    calibration = Calibration.fit([components | layout.components(image) for components, image in samples],
+                                  quantile, layout)
     store_calibration(directory, calibration)
     log.info("calibrated %s on %d images: limit %.2f at the %g quantile", directory, len(samples),
              calibration.limit, quantile)

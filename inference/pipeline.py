@@ -113,7 +113,7 @@ class CounterfactualPipeline:
     def calibration(self) -> Calibration | None:
         return Calibration.from_dict(self.model.spec.ood) if self.model.spec.ood else None
 
-    def _prior(self, prior: np.ndarray) -> np.ndarray:
+    def checked_prior(self, prior: np.ndarray) -> np.ndarray:
         """The prior as the model takes it: the model's square, float32, clipped to [0, 1]."""
         size = self.image_size
         if prior.shape != (size, size):
@@ -122,8 +122,9 @@ class CounterfactualPipeline:
 
     def prior_components(self, prior: np.ndarray) -> dict[str, float]:
         """The out-of-distribution score's raw components for a prior (``inference.ood``)."""
-        model = self.model
-        return prior_components(model.vision, model.prompts, self.engine, self._prior(prior))
+        model, calibration = self.model, self.calibration
+        return prior_components(model.vision, model.prompts, self.engine, self.checked_prior(prior),
+                                calibration.layout if calibration is not None else None)
 
     def assess_prior(self, prior: np.ndarray) -> PriorAssessment:
         """Whether the prior lies within what the checkpoint was trained on: to refuse it before generating."""
@@ -134,7 +135,7 @@ class CounterfactualPipeline:
         started = time.perf_counter()
         model = self.model
         hypothesis = normalise_hypothesis(hypothesis, max_chars=self.max_hypothesis_chars)
-        prior = self._prior(prior)
+        prior = self.checked_prior(prior)
         codes = model.vision.encode(prior[None])[0]
         grid = codes.shape[0]
         prompts = model.prompts

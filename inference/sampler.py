@@ -10,11 +10,13 @@ engines give the same tokens for the same seed. NumPy only: no torch import.
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from inference.errors import SamplerSettingsError
+from inference.errors import GenerationCancelled, SamplerSettingsError
 from inference.sequence import TokenLayout
 
 
@@ -214,3 +216,25 @@ class Sampler:
         cumulative = np.cumsum(probs)
         index = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
         return min(index, scores.size - 1)
+
+
+class GenerationTimeout(GenerationCancelled):
+    """Generation ran past its deadline."""
+
+
+class Deadline:
+    """A monotonic deadline for one generation, ``seconds`` from now, checked between tokens.
+
+    Pass it as the engines' ``cancel`` check: once the deadline has passed it raises GenerationTimeout, whose
+    message names the limit. A worker thread cannot be killed from outside; this stops it from inside.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.at = clock() + seconds
+
+    def __call__(self) -> bool:
+        if self.clock() >= self.at:
+            raise GenerationTimeout(f"generation exceeded the {self.seconds:g} s time limit")
+        return False

@@ -113,6 +113,26 @@ class Settings(BaseSettings):
     max_associations: int = Field(8, ge=1, description="concurrent associations the listener accepts")
     max_pdu_bytes: int = Field(262_144, ge=0, description="largest PDU we receive (0 = unlimited)")
     spool_max_bytes: int = Field(50 * 2**30, gt=0, description="the listener refuses instances beyond this")
+    acse_timeout: float = Field(10.0, gt=0, description="seconds a caller may take to request an association "
+                                "or answer one; idle connections are dropped after this")
+    network_timeout: float = Field(60.0, gt=0, description="seconds an association may stay silent")
+    max_pending_per_host: int = Field(4, ge=1, description="connections one address may hold open before its "
+                                      "association is accepted")
+    fhir_allow_http: bool = Field(False, description="allow a plain-http FHIR URL (test servers only: the token "
+                                  "and the results would travel in clear)")
+    outbound_tls: bool = Field(False, description="C-STORE and C-MOVE to peers over TLS, with tls_cert/tls_key "
+                               "as our client certificate and tls_ca to verify the peer")
+    spool_retention_hours: float = Field(24.0, gt=0, description="a spooled study nobody uses is removed after "
+                                         "this (studies go as soon as their jobs end)")
+    results_retention_hours: float = Field(168.0, gt=0, description="results not yet delivered are removed "
+                                           "after this (delivered results go at once)")
+    receiving_timeout_minutes: float = Field(60.0, gt=0, description="a job whose study has not arrived after "
+                                             "this fails")
+    disk_high_water: float = Field(0.9, gt=0, le=1, description="share of the data disk in use that triggers "
+                                   "an emergency clean of the oldest spooled studies and undelivered results")
+    sweep_interval_seconds: float = Field(300.0, gt=0, description="how often retention runs")
+    audit_syslog: str | None = Field(None, description="also send the audit trail as DICOM audit messages "
+                                     "(PS3.15 A.5) over syslog, RFC 5424: udp://host:port or tcp://host:port")
     study_quiet_seconds: float = Field(10.0, ge=0, description="a study is complete after this long without "
                                        "a new instance (or once the series a request named are in)")
 
@@ -132,6 +152,9 @@ class Settings(BaseSettings):
     delivery_give_up_hours: float = Field(72.0, gt=0, description="a delivery still failing after this is "
                                           "marked failed")
     api_token: SecretStr | None = Field(None, description="bearer token of the REST API (required to serve it)")
+    api_max_body_bytes: int = Field(65_536, gt=0, description="largest request body the API reads")
+    max_queued_jobs: int = Field(200, ge=1, description="jobs waiting or running at once, all clients together")
+    max_jobs_per_client: int = Field(20, ge=1, description="jobs one API client may have waiting or running")
     routes: tuple[RoutingRule, ...] = Field((), description="preset hypotheses for pushed studies")
 
     @field_validator("ae_title")

@@ -10,23 +10,22 @@ import functools
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from boltons.fileutils import atomic_save
 from PIL import Image
 from pydicom.uid import generate_uid
 
 from dicom_io.fhir import build_fhir_bundle
 from dicom_io.geometry import from_square, to_square
-from dicom_io.reader import read_prior
+from dicom_io.reader import check_patient_record, read_prior
 from dicom_io.records import AlgorithmRecord, ConsistencyCheck, CounterfactualText, ResultChecks
 from dicom_io.report_page import build_report_page
 from dicom_io.sc import build_counterfactual_sc
+from dicom_io.spool import write_atomically
 from dicom_io.sr import build_counterfactual_sr
 from inference.composition import baseline, compose
 from inference.consistency import check_counterfactual
@@ -101,6 +100,7 @@ class CounterfactualUseCase:
         fails the consistency check is still returned, marked as such in every output.
         """
         prior = read_prior(prior_source, max_pixels=self.config.max_image_pixels)
+        check_patient_record(prior.dataset)  # the outputs copy these: refused now, not after generating
         check_header(prior.geometry, body_parts=self.config.gate_body_parts,
                      view_positions=self.config.gate_view_positions)
         square, box = to_square(prior.pixels, self.pipeline.image_size)
@@ -142,9 +142,8 @@ def load_use_case(config: Settings) -> CounterfactualUseCase:
 
 
 def _save(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a fsynced part file and rename, so a crash never leaves a half-written output."""
-    with atomic_save(str(path), part_file=f".{path.name}.{uuid.uuid4().hex}.part", file_perms=0o644) as stream:
-        write(stream)
+    """Write through a fsynced part file and rename, so a crash or a full disk never leaves a half-written output."""
+    write_atomically(path, write, perms=0o644)
 
 
 def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) -> dict[FileKind, Path]:

@@ -5,6 +5,10 @@ and others later) is a handler registered under its kind. The outbox (pending ro
 the job store) makes delivery durable: a :class:`~plugin.errors.TransientError` is
 retried with a doubling delay until the give-up age; a
 :class:`~plugin.errors.PermanentError`, such as a kind nobody handles, fails at once.
+
+Transport security: results and the FHIR token never travel in clear unless the configuration says so
+(``fhir_allow_http``, for test servers, and even then without the token), and C-STORE goes over TLS
+with ``outbound_tls``. :func:`check_settings` refuses at start what would fail every delivery.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import ssl
 from typing import Protocol
 
 import httpx
@@ -19,8 +24,9 @@ import httpx
 from dicom_io.fhir import as_transaction
 from dicom_io.peers import DicomPeer
 from dicom_io.sender import DicomSendError, store
+from dicom_io.tls import client_context
 from plugin.config import Settings
-from plugin.errors import DeliveryError, UnknownDeliveryTarget, backoff
+from plugin.errors import DeliveryError, PermanentError, UnknownDeliveryTarget, backoff
 from plugin.results import FileKind, JobResults
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,39 @@ def register(handler: DeliveryTarget) -> DeliveryTarget:
     return handler
 
 
+def outbound_tls(config: Settings) -> ssl.SSLContext | None:
+    """The TLS context of our outgoing associations (C-STORE, C-MOVE) with ``outbound_tls``, else None:
+    tls_cert/tls_key as our client certificate, tls_ca to verify the peer."""
+    if not config.outbound_tls:
+        return None
+    try:
+        return client_context(config.tls_cert, config.tls_key, config.tls_ca)
+    except ValueError as exc:  # a file missing or not PEM, named in the message
+        raise PermanentError(f"outbound_tls: {exc}") from None
+
+
+def check_fhir_url(url: str, config: Settings) -> None:
+    """Refuse a FHIR URL over which the results (and the token) would travel in clear, unless allowed."""
+    try:
+        scheme = httpx.URL(url).scheme
+    except httpx.InvalidURL:
+        scheme = ""
+    if scheme == "https" or (scheme == "http" and config.fhir_allow_http):
+        return
+    if scheme == "http":
+        raise PermanentError("fhir_url is plain http: the FHIR token and the results would travel in clear; "
+                             "use https (or set fhir_allow_http for a test server)")
+    raise PermanentError("fhir_url must be an https:// URL")
+
+
+def check_settings(config: Settings) -> None:
+    """Refuse at the node's start what would fail every delivery: a plain-http FHIR URL not allowed, or
+    outbound TLS whose certificates cannot be loaded. Raises PermanentError with one line."""
+    if config.fhir_url:
+        check_fhir_url(config.fhir_url, config)
+    outbound_tls(config)
+
+
 def deliver(kind: str, target: str, results: JobResults, config: Settings) -> None:
     """One attempt; raise DeliveryError when it did not succeed, UnknownDeliveryTarget when it never can."""
     handler = _TARGETS.get(kind)
@@ -61,7 +100,8 @@ class DicomStore:
 
     def send(self, target: str, results: JobResults, config: Settings) -> None:
         try:
-            store(results.dicom_files(), DicomPeer.parse(target), calling_ae_title=config.ae_title)
+            store(results.dicom_files(), DicomPeer.parse(target), calling_ae_title=config.ae_title,
+                  tls=outbound_tls(config))
         except DicomSendError as exc:
             raise DeliveryError(str(exc)) from None
 
@@ -72,10 +112,14 @@ class FhirTransaction:
     kind = "fhir"
 
     def send(self, target: str, results: JobResults, config: Settings) -> None:
+        check_fhir_url(target, config)
         transaction = as_transaction(json.loads(results.path(FileKind.FHIR).read_text()))
         headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
         if config.fhir_token:
-            headers["Authorization"] = f"Bearer {config.fhir_token.get_secret_value()}"
+            if httpx.URL(target).scheme == "https":
+                headers["Authorization"] = f"Bearer {config.fhir_token.get_secret_value()}"
+            else:  # allowed for a test server, but a token sent in clear is a token given away
+                log.warning("FHIR over plain http (fhir_allow_http): sending without the FHIR token")
         try:
             response = httpx.post(target.rstrip("/"), json=transaction, headers=headers, timeout=30)
         except httpx.HTTPError as exc:

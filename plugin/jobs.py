@@ -13,7 +13,7 @@ import enum
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
@@ -50,6 +50,11 @@ class JobState(enum.StrEnum):
 
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RECEIVING, JobState.RUNNING, JobState.DELIVERING)
+NEEDS_STUDY = (JobState.QUEUED, JobState.RECEIVING, JobState.RUNNING)
+"""States of a job that will still read its study from the spool (a delivering job reads only its results)."""
+FINISHED = (JobState.DONE, JobState.FAILED)
+WAITING_PAGE = 500
+"""Waiting jobs are read this many at a time."""
 
 
 class DeliveryState(enum.StrEnum):
@@ -194,10 +199,16 @@ def as_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
+FinishedHook = Callable[["JobView", JobState, str | None], None]
+"""(the job as it now is, its final state, the reason)."""
+
+
 class JobStore:
     """Opening a store brings its schema to the newest revision, so every process may be the first to start."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, on_finished: FinishedHook | None = None) -> None:
+        self.on_finished = on_finished
+        """Told of every job that reaches done or failed, once, whichever path got it there (the audit trail)."""
         is_sqlite = url.startswith("sqlite")
         self.engine = create_engine(url, pool_pre_ping=True,
                                     connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {})
@@ -273,7 +284,10 @@ class JobStore:
             # an UPDATE statement executes to a CursorResult, which has the rowcount
             result = cast(CursorResult[Any], session.execute(
                 sql_update(Job).where(Job.id == job_id, Job.state.in_(builtins.list(expect))).values(**values)))
-            return result.rowcount == 1
+            moved = result.rowcount == 1
+        if moved and state in FINISHED and self.on_finished is not None:
+            self.on_finished(self.require(job_id), state, reason)
+        return moved
 
     def count_attempt(self, job_id: str, worker: str) -> int:
         with self._session.begin() as session:
@@ -282,9 +296,43 @@ class JobStore:
             job.worker = worker
             return job.attempts
 
-    def waiting_for(self, study_instance_uid: str) -> builtins.list[JobView]:
-        return self.list(study_instance_uid=study_instance_uid, state=JobState.RECEIVING) + self.list(
-            study_instance_uid=study_instance_uid, state=JobState.QUEUED)
+    def waiting_for(self, study_instance_uid: str, *, page: int = WAITING_PAGE) -> Iterator[JobView]:
+        """Every job waiting for the study (receiving or queued), read a page at a time: however many there are."""
+        query = select(Job).where(Job.study_instance_uid == study_instance_uid,
+                                  Job.state.in_([JobState.RECEIVING, JobState.QUEUED])).order_by(Job.id).limit(page)
+        after = ""
+        while True:
+            with self._session() as session:
+                jobs = [JobView.of(job) for job in session.scalars(query.where(Job.id > after))]
+            yield from jobs
+            if len(jobs) < page:
+                return
+            after = jobs[-1].id
+
+    def assign_destination(self, job_id: str, destination: str) -> bool:
+        """Fix where a job's results go, once: False when the job already has a destination."""
+        with self._session.begin() as session:
+            result = cast(CursorResult[Any], session.execute(
+                sql_update(Job).where(Job.id == job_id, Job.destination.is_(None))
+                .values(destination=destination, updated_at=Job.updated_at)))  # not a state change: keep its time
+            return result.rowcount == 1
+
+    def needs_study(self, study_instance_uid: str) -> bool:
+        """Whether any job will still read this study from the spool."""
+        with self._session() as session:
+            return session.scalar(select(Job.id).where(Job.study_instance_uid == study_instance_uid,
+                                                       Job.state.in_(NEEDS_STUDY)).limit(1)) is not None
+
+    def studies_needed(self) -> set[str]:
+        """Every study some job will still read from the spool."""
+        with self._session() as session:
+            return set(session.scalars(select(Job.study_instance_uid).where(Job.state.in_(NEEDS_STUDY)).distinct()))
+
+    def receiving_since(self, before: dt.datetime) -> builtins.list[JobView]:
+        """Jobs that have been waiting for their study since before ``before``."""
+        with self._session() as session:
+            return [JobView.of(job) for job in session.scalars(
+                select(Job).where(Job.state == JobState.RECEIVING, Job.updated_at < before))]
 
     def active(self) -> builtins.list[JobView]:
         with self._session() as session:
@@ -347,6 +395,14 @@ class JobStore:
             else:
                 item.next_attempt_at = _now() + retry_in
 
+    def abandon_deliveries(self, job_id: str, reason: str) -> int:
+        """Fail a job's pending deliveries (its results are gone); return how many."""
+        with self._session.begin() as session:
+            result = cast(CursorResult[Any], session.execute(
+                sql_update(Delivery).where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING)
+                .values(state=DeliveryState.FAILED, last_error=reason)))
+            return result.rowcount
+
     def settle(self, job_id: str) -> JobState | None:
         """Finish a delivering job once every delivery has settled; return its new state, if any."""
         with self._session() as session:
@@ -355,11 +411,10 @@ class JobStore:
             return None
         failed = [state for state in states if state == DeliveryState.FAILED]
         if failed:
-            self.transition(job_id, JobState.FAILED, expect=[JobState.DELIVERING],
-                            reason=f"{len(failed)} of {len(states)} deliveries failed")
-            return JobState.FAILED
-        self.transition(job_id, JobState.DONE, expect=[JobState.DELIVERING])
-        return JobState.DONE
+            moved = self.transition(job_id, JobState.FAILED, expect=[JobState.DELIVERING],
+                                    reason=f"{len(failed)} of {len(states)} deliveries failed")
+            return JobState.FAILED if moved else None
+        return JobState.DONE if self.transition(job_id, JobState.DONE, expect=[JobState.DELIVERING]) else None
 
 
 RowT = TypeVar("RowT", bound=Base)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Protocol
 
 import pydicom
@@ -20,16 +20,18 @@ from dicom_io.errors import DicomInputError
 from dicom_io.spool import Spool, StudyOrigin
 from dicom_io.study import choose_prior, is_own_output
 from inference.errors import InferenceError
-from inference.sampler import SamplerSettings
+from inference.sampler import Deadline, SamplerSettings
+from plugin.audit import AuditTrail
 from plugin.config import Settings
 from plugin.counterfactual import CounterfactualUseCase, load_use_case, write_outputs
 from plugin.delivery import DICOM, FHIR, deliver, retry_delay
 from plugin.errors import PermanentError, PermanentJobError, TransientError
 from plugin.jobs import DeliveryState, JobState, JobStore, JobView, NewJob
+from plugin.retention import Retention
 from plugin.routing import matching_rules
 
 if TYPE_CHECKING:
-    from dicom_io.listener import Listener
+    from dicom_io.listener import AssociationAttempt, Listener
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,21 @@ class Orchestrator:
         self.config = config
         self.dispatcher = dispatcher
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(config.resolved_database_url())
+        self.audit = AuditTrail.from_settings(config)
+        self.store = JobStore(config.resolved_database_url(), on_finished=self._finished)
         self.spool = Spool(config.data_dir / "spool", config.spool_max_bytes)
         self.results_dir = config.data_dir / "results"
         self.listener: Listener | None = None  # set by `progemu serve`/`listen`: the in-process listener, if any
+        self.retention = Retention(config, self.store, self.spool, self.results_dir, receiving=self._receiving)
         from plugin.retrieval import Retriever
 
         self.retriever = Retriever(config)  # one PACS client per process, not one per request
         self._use_case: CounterfactualUseCase | None = None
         self._use_case_lock = threading.Lock()
         self._generate_lock = threading.Lock()
+        self._undispatched: set[tuple[str, str | int]] = set()
+        """Steps the queue refused (the broker was away): :meth:`redispatch` hands them over again."""
+        self._undispatched_lock = threading.Lock()
 
     # --- the model, once per process --------------------------------------------------------------
 
@@ -73,11 +80,38 @@ class Orchestrator:
                 log.info("model loaded once for this process")
             return self._use_case
 
+    # --- the queue --------------------------------------------------------------------------------
+
+    def _dispatch(self, step: str, ident: str | int) -> None:
+        """Hand one step to the queue; if the broker is away, keep it for :meth:`redispatch` instead of losing it
+        (the job would otherwise wait in queued or receiving for ever)."""
+        try:
+            getattr(self.dispatcher, step)(ident)
+        except Exception as exc:  # noqa: BLE001 - kombu's OperationalError, a refused connection, a timeout...
+            log.warning("could not queue %s of %s (%s); trying again when the broker is back", step, ident,
+                        type(exc).__name__)
+            with self._undispatched_lock:
+                self._undispatched.add((step, ident))
+
+    def redispatch(self) -> int:
+        """Queue again whatever the broker refused; return how many were handed over this time."""
+        with self._undispatched_lock:
+            pending, self._undispatched = self._undispatched, set()
+        for step, ident in sorted(pending, key=str):
+            self._dispatch(step, ident)
+        with self._undispatched_lock:
+            return len(pending - self._undispatched)
+
     # --- requests ---------------------------------------------------------------------------------
 
     def submit(self, request: NewJob) -> tuple[JobView, bool]:
+        if request.destination is None and self.config.destination:
+            request = replace(request, destination=str(self.config.destination))  # decided now, not at delivery
         job, created = self.store.submit(request)
         if created:
+            client, _, user = (request.requester or "").partition(":")
+            self.audit.job_requested(job.id, job.study_instance_uid, client=client or None, requester=user or None,
+                                     source=request.source)
             self._start(job)
             job = self.store.require(job.id)
         return job, created
@@ -87,14 +121,14 @@ class Orchestrator:
 
     def _start(self, job: JobView) -> None:
         if self.spool.has_study(job.study_instance_uid) and not self._receiving(job.study_instance_uid):
-            self.dispatcher.generate(job.id)
+            self._study_ready(job)
             return
         self.store.transition(job.id, JobState.RECEIVING, expect=[JobState.QUEUED])
         if job.series_instance_uids:
             self.expect(job.study_instance_uid, job.series_instance_uids)
         if self._receiving(job.study_instance_uid):
             return  # arriving right now: its completion hands the study to every job waiting for it
-        self.dispatcher.retrieve(job.id)
+        self._dispatch("retrieve", job.id)
 
     def expect(self, study_uid: str, series_uids) -> None:
         if self.listener is not None and series_uids:
@@ -106,29 +140,56 @@ class Orchestrator:
         if job is None or job.state != JobState.RECEIVING:
             return
         if self.spool.has_study(job.study_instance_uid) and not self._receiving(job.study_instance_uid):
-            self.dispatcher.generate(job_id)  # it arrived meanwhile (pushed, or a retrieval retried)
+            self._study_ready(job)  # it arrived meanwhile (pushed, or a retrieval retried)
             return
         series = self.retriever.request(job.study_instance_uid, job.series_instance_uids)
         self.expect(job.study_instance_uid, series)
 
     def fail(self, job_id: str, reason: str) -> None:
         log.warning("job %s failed: %s", job_id, reason)
-        self.store.transition(job_id, JobState.FAILED, expect=[JobState.QUEUED, JobState.RECEIVING,
-                                                               JobState.RUNNING], reason=reason)
+        if self.store.transition(job_id, JobState.FAILED, expect=[JobState.QUEUED, JobState.RECEIVING,
+                                                                  JobState.RUNNING], reason=reason):
+            self.retention.release_study(self.store.require(job_id).study_instance_uid)
+
+    def _study_ready(self, job: JobView) -> None:
+        """The job's study is in the spool: fix where its results go, if its request did not (the configured
+        destination, else the peer that sent the study), then generate."""
+        if job.destination is None:
+            destination = str(self.config.destination or "") or self._origin_peer(job.study_instance_uid)
+            if destination:
+                self.store.assign_destination(job.id, destination)
+        self._dispatch("generate", job.id)
+
+    def _origin_peer(self, study_uid: str) -> str | None:
+        """The configured peer that sent the study (its first sender: the spool keeps no other's instances)."""
+        origin = self.spool.origin(study_uid)
+        if origin is not None:
+            for peer in self.config.peers:
+                if peer.ae_title == origin.calling_ae_title:
+                    return str(peer)
+        return None
 
     # --- the listener's hand-over -----------------------------------------------------------------
 
     def is_own_output(self, ds: pydicom.Dataset) -> bool:
         return is_own_output(ds) or self.store.is_output_series(str(ds.get("SeriesInstanceUID", "")))
 
+    def on_association(self, attempt: AssociationAttempt) -> None:
+        if attempt.accepted:
+            self.audit.association_accepted(attempt.calling_ae_title, attempt.address)
+        else:
+            self.audit.association_refused(attempt.calling_ae_title, attempt.address, attempt.reason or "refused")
+
     def on_study_complete(self, arrival: StudyArrival) -> None:
         self.spool.record_origin(arrival.study_uid, StudyOrigin(calling_ae_title=arrival.calling_ae_title,
                                                                 called_ae_title=arrival.called_ae_title))
-        waiting = self.store.waiting_for(arrival.study_uid)
+        self.audit.study_received(arrival.study_uid, arrival.calling_ae_title, arrival.instances)
+        waiting = 0
+        for job in self.store.waiting_for(arrival.study_uid):
+            self._study_ready(job)
+            waiting += 1
         log.info("study complete: %d instance(s) in %d series; %d job(s) waiting", arrival.instances,
-                 len(arrival.series), len(waiting))
-        for job in waiting:
-            self.dispatcher.generate(job.id)
+                 len(arrival.series), waiting)
         if waiting:
             return
         for rule in matching_rules(self.config.routes, arrival, lambda: self._prior_header(arrival.study_uid)):
@@ -145,19 +206,6 @@ class Orchestrator:
     def default_sampler(self, **overrides: object) -> dict:
         return asdict(self.config.sampler(**overrides))
 
-    def destination_for(self, job: JobView) -> str | None:
-        """The job's own destination, else the configured one, else the peer that sent the study."""
-        if job.destination:
-            return job.destination
-        if self.config.destination:
-            return str(self.config.destination)
-        origin = self.spool.origin(job.study_instance_uid)
-        if origin is not None:
-            for peer in self.config.peers:
-                if peer.ae_title == origin.calling_ae_title:
-                    return str(peer)
-        return None
-
     # --- generation (gpu queue) -------------------------------------------------------------------
 
     def generate(self, job_id: str, worker: str) -> None:
@@ -173,21 +221,32 @@ class Orchestrator:
         try:
             prior = choose_prior(self.spool.instances(job.study_instance_uid), series_uids=job.series_instance_uids,
                                  skip=self.is_own_output)
+            use_case = self.use_case()
             with self._generate_lock:
-                outputs = self.use_case().run(prior, job.hypothesis, SamplerSettings(**job.sampler),
-                                              allow_out_of_distribution=job.allow_out_of_distribution)
+                # checked between tokens, so in every mode (a thread of `progemu serve` cannot be killed)
+                deadline = Deadline(self.config.task_time_limit)
+                outputs = use_case.run(prior, job.hypothesis, SamplerSettings(**job.sampler),
+                                       allow_out_of_distribution=job.allow_out_of_distribution, cancel=deadline)
         except (DicomInputError, InferenceError) as exc:
             raise PermanentJobError(str(exc)) from None
         results = outputs.job_results(write_outputs(outputs, self.results_dir / job_id))
-        destination = self.destination_for(job)
+        destination = job.destination  # decided when the job was accepted or its study arrived
         deliveries = ([(DICOM, destination)] if destination else []) + (
             [(FHIR, self.config.fhir_url)] if self.config.fhir_url else [])
         self.store.record_results(job_id, results, deliveries)
         self.store.transition(job_id, JobState.DELIVERING, expect=[JobState.RUNNING])
+        self.retention.release_study(job.study_instance_uid)
         if not deliveries:
             log.warning("job %s has no destination: results stay in %s", job_id, self.results_dir / job_id)
         self.sweep_outbox(job_id)
-        self.store.settle(job_id)
+        self._settle(job_id)
+
+    def _finished(self, job: JobView, state: JobState, reason: str | None) -> None:
+        self.audit.job_finished(job.id, job.study_instance_uid, state=state, reason=reason)
+
+    def _settle(self, job_id: str) -> None:
+        if self.store.settle(job_id) == JobState.DONE:
+            self.retention.release_results(job_id)
 
     # --- delivery (io queue) ----------------------------------------------------------------------
 
@@ -195,7 +254,7 @@ class Orchestrator:
         """Hand every due delivery (of one job, or all) to the dispatcher; return how many."""
         due = self.store.claim_due_deliveries(DELIVERY_LEASE, job_id=job_id)
         for delivery_id in due:
-            self.dispatcher.deliver(delivery_id)
+            self._dispatch("deliver", delivery_id)
         return len(due)
 
     def deliver(self, delivery_id: int) -> None:
@@ -210,15 +269,21 @@ class Orchestrator:
         except PermanentError as exc:
             log.warning("delivery %d (%s) cannot succeed: %s", delivery_id, item.kind, exc)
             self.store.delivery_attempt(delivery_id, error=str(exc), retry_in=None)
+            self.audit.results_delivered(job.id, job.study_instance_uid, kind=item.kind, target=item.target,
+                                         error=str(exc))
         except (TransientError, OSError) as exc:
             delay = retry_delay(self.config, item.attempts + 1, item.created_at)
             log.warning("delivery %d (%s) failed, %s: %s", delivery_id, item.kind,
                         f"retry in {delay.total_seconds():.0f} s" if delay else "giving up", exc)
             self.store.delivery_attempt(delivery_id, error=str(exc), retry_in=delay)
+            if delay is None:
+                self.audit.results_delivered(job.id, job.study_instance_uid, kind=item.kind, target=item.target,
+                                             error=str(exc))
         else:
             log.info("delivery %d (%s) done", delivery_id, item.kind)
             self.store.delivery_attempt(delivery_id, error=None, retry_in=None)
-        self.store.settle(job.id)
+            self.audit.results_delivered(job.id, job.study_instance_uid, kind=item.kind, target=item.target)
+        self._settle(job.id)
 
     # --- restart ----------------------------------------------------------------------------------
 
@@ -226,12 +291,12 @@ class Orchestrator:
         """After a restart with the embedded broker (whose queue was in memory), pick up unfinished jobs."""
         for job in self.store.active():
             if job.state in (JobState.QUEUED, JobState.RUNNING):
-                self.dispatcher.generate(job.id)
+                self._dispatch("generate", job.id)
             elif job.state == JobState.RECEIVING:
                 if self.spool.has_study(job.study_instance_uid):
-                    self.dispatcher.generate(job.id)
+                    self._study_ready(job)
                 else:
-                    self.dispatcher.retrieve(job.id)
+                    self._dispatch("retrieve", job.id)
         self.store.release_delivery_claims()
         self.sweep_outbox()
 

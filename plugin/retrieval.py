@@ -1,4 +1,5 @@
-"""Ask the PACS to send a study to us: Orthanc through its REST API, any other PACS through C-MOVE."""
+"""Ask the PACS to send a study to us: Orthanc through its REST API, any other PACS through C-MOVE
+(over TLS with ``outbound_tls``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dicom_io.reader import RADIOGRAPHY, SECONDARY_CAPTURE
 from dicom_io.records import MANUFACTURER
 from dicom_io.sender import DicomSendError, move_study
 from plugin.config import Settings
+from plugin.delivery import outbound_tls
 from plugin.errors import PacsNotConfigured, RetrievalError, StudyNotFound
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ class Retriever:
     def __init__(self, config: Settings) -> None:
         self.config = config
         self.node_name = config.pacs_node_name or config.ae_title
+        self._tls = outbound_tls(config)  # made once, at the node's start: certificates that cannot load stop it
         self._orthanc: OrthancApiClient | None = None
         if config.pacs_url:
             password = config.pacs_password.get_secret_value() if config.pacs_password else None
@@ -90,7 +93,7 @@ class Retriever:
     def _by_move(self, pacs: DicomPeer, study_uid: str, series_uids: Sequence[str]) -> list[str]:
         try:
             move_study(pacs, study_uid, destination_ae_title=self.config.ae_title,
-                       calling_ae_title=self.config.ae_title, series_uids=series_uids)
+                       calling_ae_title=self.config.ae_title, series_uids=series_uids, tls=self._tls)
         except DicomSendError as exc:
             raise RetrievalError(str(exc)) from None
         return list(series_uids)

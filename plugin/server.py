@@ -6,11 +6,13 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 
 from dicom_io.listener import Listener, ListenerConfig
 from plugin.config import Settings
+from plugin.errors import UsageError
 from plugin.orchestrator import Orchestrator
-from plugin.tasks import EMBEDDED_BROKER, CeleryDispatcher, EmbeddedWorker, app, configure, use_node
+from plugin.tasks import EMBEDDED_BROKER, CeleryDispatcher, app, configure, embedded_workers, use_node
 
 log = logging.getLogger(__name__)
 
@@ -20,29 +22,41 @@ def build_listener(node: Orchestrator) -> Listener:
     listener = Listener(ListenerConfig(ae_title=config.ae_title, host=config.bind_host, port=config.dicom_port,
                                        peers=config.peers, max_associations=config.max_associations,
                                        max_pdu_bytes=config.max_pdu_bytes, quiet_seconds=config.study_quiet_seconds,
-                                       tls_cert=config.tls_cert, tls_key=config.tls_key, tls_ca=config.tls_ca),
-                        node.spool, on_complete=node.on_study_complete, is_own_output=node.is_own_output)
+                                       tls_cert=config.tls_cert, tls_key=config.tls_key, tls_ca=config.tls_ca,
+                                       acse_timeout=config.acse_timeout, network_timeout=config.network_timeout,
+                                       max_pending_per_host=config.max_pending_per_host),
+                        node.spool, on_complete=node.on_study_complete, on_association=node.on_association,
+                        is_own_output=node.is_own_output)
     node.listener = listener
     return listener
 
 
-class OutboxSweeper(threading.Thread):
-    """Hands due deliveries to the io queue: the outbox retries whatever a down destination refused."""
+class Periodic(threading.Thread):
+    """Runs one housekeeping step every ``interval`` seconds (the outbox, retention), until stopped."""
 
-    def __init__(self, node: Orchestrator, interval: float) -> None:
-        super().__init__(name="outbox", daemon=True)
-        self.node, self.interval = node, interval
-        self._stop = threading.Event()
+    def __init__(self, name: str, action: Callable[[], object], interval: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.action, self.interval = action, interval
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             try:
-                self.node.sweep_outbox()
+                self.action()
             except Exception:  # noqa: BLE001 - e.g. the database is briefly away; try again next round
-                log.exception("outbox sweep failed")
+                log.exception("%s failed", self.name)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
+
+
+def housekeeping(node: Orchestrator) -> list[Periodic]:
+    """The outbox sweep (due deliveries to the io queue: it retries whatever a down destination refused), steps
+    the broker refused while it was away, and
+    retention (requests whose study never came, stale studies and results: plugin.retention)."""
+    return [Periodic("outbox sweep", node.sweep_outbox, min(5.0, node.config.delivery_retry_seconds)),
+            Periodic("redispatch", node.redispatch, 5.0),
+            Periodic("retention sweep", node.retention.sweep, node.config.sweep_interval_seconds)]
 
 
 def readiness(node: Orchestrator) -> list[str]:
@@ -77,19 +91,24 @@ def serve(config: Settings, *, with_api: bool = True) -> None:
     if with_api:
         from plugin.api import create_app
 
-        api = create_app(node, readiness=lambda: readiness(node))  # refuses to start without a token
-    listener.start()
+        api = create_app(node, readiness=lambda: readiness(node))  # refuses to start without a client or token
+    try:
+        listener.start()
+    except RuntimeError as exc:  # a peer's host does not resolve: every call from it would be refused
+        raise UsageError(str(exc)) from None
+    node.audit.application_started()
     embedded = app.conf.broker_url == EMBEDDED_BROKER
-    worker = None
+    workers = []
     if embedded or with_api:
         # serve always runs the io queue (delivery, retrieval); the gpu queue too unless told otherwise
-        queues = tuple(config.worker_queues) if not embedded else ("gpu", "io")
-        worker = EmbeddedWorker(queues=queues)
-        worker.start()
+        workers = embedded_workers(tuple(config.worker_queues) if not embedded else ("gpu", "io"))
+        for worker in workers:
+            worker.start()
     if embedded:
         node.recover()
-    sweeper = OutboxSweeper(node, interval=min(5.0, config.delivery_retry_seconds))
-    sweeper.start()
+    sweepers = housekeeping(node)
+    for sweeper in sweepers:
+        sweeper.start()
     log.info("progemu node %s up (pid %d, broker %s)", config.ae_title, os.getpid(),
              "embedded" if embedded else "external")
     try:
@@ -103,8 +122,11 @@ def serve(config: Settings, *, with_api: bool = True) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        sweeper.stop()
+        for sweeper in sweepers:
+            sweeper.stop()
         listener.stop()
-        if worker is not None:
+        for worker in workers:
             worker.stop()
+        node.audit.application_stopped()
+        node.audit.close()
         log.info("progemu node stopped")

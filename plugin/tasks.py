@@ -3,7 +3,7 @@
 Tasks are acks_late + reject_on_worker_lost, so a worker that dies mid-job has its job
 redelivered; each task is idempotent against the job store. The broker is Redis or
 RabbitMQ by URL, or, with none configured, an in-process queue for `progemu serve`'s
-embedded worker (no broker daemon; unfinished jobs are recovered from the job store).
+embedded workers (no broker daemon; unfinished jobs are recovered from the job store).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
@@ -27,20 +27,23 @@ log = logging.getLogger(__name__)
 GPU, IO = "gpu", "io"
 EMBEDDED_BROKER = "memory://"
 
+CELERY_DEFAULTS = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "task_ignore_result": True,
+    "task_default_queue": IO,
+    "task_routes": {"progemu.generate": {"queue": GPU}, "progemu.retrieve": {"queue": IO},
+                    "progemu.deliver": {"queue": IO}},
+    "worker_prefetch_multiplier": 1,
+    "worker_hijack_root_logger": False,
+    "broker_connection_retry_on_startup": True,
+    "task_serializer": "json",
+    "accept_content": ["json"],
+}
+
 app = Celery("progemu", set_as_current=False)
-app.conf.update(
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    task_ignore_result=True,
-    task_default_queue=IO,
-    task_routes={"progemu.generate": {"queue": GPU}, "progemu.retrieve": {"queue": IO},
-                 "progemu.deliver": {"queue": IO}},
-    worker_prefetch_multiplier=1,
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
-    task_serializer="json",
-    accept_content=["json"],
-)
+app.conf.update(CELERY_DEFAULTS)
+
 
 _node: Orchestrator | None = None
 _node_pid: int | None = None
@@ -62,18 +65,21 @@ class CeleryDispatcher:
 def configure(config: Settings) -> Celery:
     """Point the app at the configured broker and limits; the node is built lazily per process."""
     global _node, _node_pid
-    broker_url = config.broker_url or EMBEDDED_BROKER
-    if app.conf.broker_url and app.conf.broker_url != broker_url:
+    settings = _configured(config)
+    if app.conf.broker_url and app.conf.broker_url != settings["broker_url"]:
         app._after_fork()  # drop the connection and producer pools of the previous broker (Celery's own reset)
-    app.conf.update(
-        broker_url=broker_url,
-        broker_transport_options={"visibility_timeout": config.broker_visibility_timeout},
-        task_time_limit=config.task_time_limit,
-        task_soft_time_limit=max(1, config.task_time_limit - 30),
-    )
-    app.conf.progemu_settings = config
+    app.conf.update(settings)
     _node, _node_pid = None, None
     return app
+
+
+def _configured(config: Settings) -> dict[str, object]:
+    """What the node's configuration sets in a Celery app (the app, and each embedded worker's own)."""
+    return {"broker_url": config.broker_url or EMBEDDED_BROKER,
+            "broker_transport_options": {"visibility_timeout": config.broker_visibility_timeout},
+            "task_time_limit": config.task_time_limit,
+            "task_soft_time_limit": max(1, config.task_time_limit - 30),
+            "progemu_settings": config}
 
 
 def node() -> Orchestrator:
@@ -107,8 +113,8 @@ def _run_step(task, job_id: str, what: str, step: Callable[[], None],
         step()
     except PermanentError as exc:
         node().fail(job_id, str(exc))
-    except SoftTimeLimitExceeded:
-        node().fail(job_id, f"{what} exceeded the time limit of {node().config.task_time_limit} s")
+    except SoftTimeLimitExceeded:  # `progemu worker` (prefork); threads have the generation's own deadline
+        node().fail(job_id, f"{what} exceeded the {node().config.task_time_limit} s time limit")
     except Exception as exc:  # noqa: BLE001 - transient until the retries run out
         attempts = task.request.retries + 1
         if task.request.retries >= node().config.task_retries:
@@ -144,14 +150,21 @@ def _fresh_connections_after_fork(**_: object) -> None:
 
 
 class EmbeddedWorker:
-    """A Celery worker in a thread of this process: two threads, both queues, one shared model."""
+    """A Celery worker in a thread of this process, on the given queues; its threads share the one model.
+
+    Each has a Celery app of its own, configured as :data:`app` (whose shared tasks Celery registers on every app):
+    Celery keeps the queues a worker consumes in its app, so two workers of one app would both consume the queues
+    of whichever was made last.
+    """
 
     def __init__(self, queues: tuple[str, ...] = (GPU, IO), concurrency: int = 2) -> None:
-        self.worker = WorkController(app=app, pool="threads", concurrency=concurrency, queues=list(queues),
-                                     hostname=f"progemu-embedded@{socket.gethostname()}",
+        self.app = Celery("progemu", set_as_current=False)
+        self.app.conf.update(CELERY_DEFAULTS, **_configured(app.conf.get("progemu_settings") or Settings()))
+        self.worker = WorkController(app=self.app, pool="threads", concurrency=concurrency, queues=list(queues),
+                                     hostname=f"progemu-embedded-{'-'.join(queues)}@{socket.gethostname()}",
                                      without_heartbeat=True, without_mingle=True, without_gossip=True,
                                      loglevel=logging.WARNING)
-        self.thread = threading.Thread(target=self.worker.start, name="celery-embedded", daemon=True)
+        self.thread = threading.Thread(target=self.worker.start, name=f"celery-{'-'.join(queues)}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -159,3 +172,18 @@ class EmbeddedWorker:
     def stop(self) -> None:
         self.worker.stop(in_sighandler=False)
         self.thread.join(timeout=10)
+
+
+EMBEDDED_CONCURRENCY = {GPU: 1, IO: 2}
+"""Threads per queue: one generation at a time (they share one model); retrievals and deliveries beside it."""
+
+
+def embedded_workers(queues: Iterable[str]) -> list[EmbeddedWorker]:
+    """One worker per queue, so that a long (or hung) generation never holds up retrieval and delivery.
+
+    :data:`app` becomes Celery's default app first: a worker thread finds a task's app through ``current_app``,
+    and without this ``Task.retry()`` would publish to Celery's built-in default broker (amqp://localhost) instead
+    of the embedded queue, and the retried job would hang in ``running`` for ever.
+    """
+    app.set_default()
+    return [EmbeddedWorker(queues=(queue,), concurrency=EMBEDDED_CONCURRENCY.get(queue, 1)) for queue in queues]

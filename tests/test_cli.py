@@ -7,12 +7,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from fhir.resources.bundle import Bundle
 
+from benchmarks.reliability import mutation, read_outcome, seed_priors
 from dicom_io.peers import DicomPeer
 from dicom_io.reader import read_prior
 from dicom_io.records import SYNTHETIC_NOTICE
@@ -21,10 +23,12 @@ from plugin.cli import build_parser, main
 from plugin.cli.options import flag, settings
 from plugin.cli.training import train_config
 from plugin.config import Settings
-from tests.support.dicom_fixtures import chest_pixels, write
+from tests.conftest import PhiLogCheck
+from tests.support.dicom_fixtures import TEST_PHI, chest_pixels, write
 from tests.support.dicom_validators import assert_dciodvfy_clean, dsrdump_text
+from tests.test_reader import corrupt_rle_dx
 
-PATIENT = {"patient_name": "DOE^JANE", "patient_id": "MRN-778899", "patient_birth_date": "19510203"}
+PATIENT: dict[str, Any] = {"patient_name": "DOE^JANE", "patient_id": "MRN-778899", "patient_birth_date": "19510203"}
 DEMO_PRIOR = Path(__file__).parents[1] / "plugin" / "assets" / "demo_prior.dcm"
 OUTPUTS = ("counterfactual.dcm", "report.dcm", "report_page.dcm", "fhir.json", "preview.png")
 
@@ -129,9 +133,8 @@ def test_truncated(prior: Path, tmp_path: Path, small_checkpoint: Path, capsys: 
 @pytest.mark.parametrize("edit, message", [
     (lambda ds: delattr(ds, "PixelData"), "no pixel data"),
     (lambda ds: setattr(ds, "NumberOfFrames", 3), "multi-frame"),
-    (lambda ds: (setattr(ds, "SamplesPerPixel", 3), setattr(ds, "PhotometricInterpretation", "RGB")), "colour"),
-    (lambda ds: (setattr(ds, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"), setattr(ds, "Modality", "CT")),
-     "modality CT"),
+    (lambda ds: ds.update({"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB"}), "colour"),
+    (lambda ds: ds.update({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "Modality": "CT"}), "modality CT"),
 ])
 def test_unusable_images(tmp_path: Path, small_checkpoint: Path, capsys: pytest.CaptureFixture, edit,  # noqa: ANN001
                          message: str) -> None:
@@ -182,6 +185,75 @@ def test_no_phi_in_logs(prior: Path, tmp_path: Path, small_checkpoint: Path,
     assert f"counterfactual SC {sc_uid}" in logged, logged
 
 
+def _malformed_priors(directory: Path) -> dict[str, Path]:
+    """Priors that once ended in a traceback and exit 1: a corrupt RLE stream (a Rust panic), an element of unknown
+    VR, a record the outputs cannot copy (after generation, in highdicom); and seeded mutations of an RLE DX that
+    are no usable prior."""
+    valid = build_synthetic_image(chest_pixels(), **PATIENT)
+    data = write(valid, directory / "valid.dcm").read_bytes()
+    edits = {"unknown VR": (b"\x20\x00\x20\x00CS", b"\x20\x00\x20\x00\x43\x82"),
+             "lowercase PatientSex": (b"\x10\x00\x40\x00CS\x02\x00O ", b"\x10\x00\x40\x00CS\x02\x00m ")}
+    files = {name: directory / f"{name}.dcm" for name in (*edits, "corrupt RLE", "no AccessionNumber")}
+    for name, (old, new) in edits.items():
+        assert data.count(old) == 1
+        files[name].write_bytes(data.replace(old, new))
+    write(corrupt_rle_dx(), files["corrupt RLE"])
+    del valid.AccessionNumber
+    write(valid, files["no AccessionNumber"])
+    priors = seed_priors()
+    seeded = (mutation(priors, 1, index) for index in range(2, 2000, 4))  # the RLE DX's, every mutator in turn
+    unusable = [(f"{mutator} {index}", data) for index, (_, mutator, data) in enumerate(seeded)
+                if read_outcome(data)[0] != "accepted"][:5]
+    for name, mutated in unusable:
+        files[name] = directory / f"{name}.dcm"
+        files[name].write_bytes(mutated)
+    return files
+
+
+def test_a_malformed_prior_is_one_line_and_exit_2(tmp_path: Path, small_checkpoint: Path,
+                                                   capfd: pytest.CaptureFixture) -> None:
+    """Refused before the model loads; the captured file descriptors show everything a terminal would."""
+    for name, path in _malformed_priors(tmp_path).items():
+        code = counterfactual(path, tmp_path / "o", small_checkpoint)
+        err = capfd.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("progemu: error: "), (name, err)
+        assert not any(value in err for value in TEST_PHI), (name, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_corrupt_rle_prior_through_the_console_script(tmp_path: Path) -> None:
+    """As a user runs it, Rust's backtrace setting inherited: one line, exit 2, and no model is loaded."""
+    prior = write(corrupt_rle_dx(), tmp_path / "rle.dcm")
+    done = subprocess.run([str(Path(sys.executable).parent / "progemu"), "counterfactual", str(prior),
+                           "--hypothesis", "effusion worsens", "--model", str(tmp_path / "no-model")],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "RUST_BACKTRACE": "1"})
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "pixel data could not be decoded" in done.stderr, done.stderr
+
+
+def test_the_session_phi_check_catches_a_patient_name_in_a_log_record() -> None:
+    """The check tests/conftest.py runs over every record of a session (here on a logger of its own, so that this
+    deliberate leak does not fail the session)."""
+    check = PhiLogCheck(TEST_PHI)
+    logger = logging.getLogger("tests.phi-check-probe")
+    logger.propagate, logger.level = False, logging.DEBUG
+    logger.addHandler(check)
+    try:
+        logger.debug("read a prior of 200x160")
+        logger.debug("sent the study of %s", PATIENT["patient_name"])
+        logger.info("patient JANE DOE, born 1951-02-03")
+        try:
+            raise ValueError(f"bad value {PATIENT['patient_id']!r}")
+        except ValueError:
+            logger.exception("refused")
+        logger.info("P-9 and PHANTOM on their own are ordinary words")  # short values and parts are not checked
+    finally:
+        logger.removeHandler(check)
+    assert [(leak.level, leak.value) for leak in check.leaks] == [
+        ("DEBUG", "DOE^JANE"), ("INFO", "1951-02-03"), ("INFO", "JANE DOE"), ("ERROR", "MRN-778899")]
+
+
 def test_train_options_override_only_what_they_name() -> None:
     default = train_config(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
     assert default.lm.changed_token_weight == 1.0 and default.version.startswith("progemu-demo-")
@@ -195,7 +267,7 @@ def test_train_options_override_only_what_they_name() -> None:
 
 
 COMMANDS = ("counterfactual", "demo", "serve", "listen", "worker", "export-onnx", "verify-onnx", "convert-checkpoint",
-            "calibrate", "make-dataset", "train", "evaluate", "db")
+            "calibrate", "make-dataset", "train", "evaluate", "db", "clients", "audit")
 
 
 @pytest.fixture
@@ -264,9 +336,11 @@ def test_node_flags_reach_the_settings(clean_env: None) -> None:
         11113, 9090, Path("ckpt"), Path("spool"))
 
 
-def test_node_refusals(clean_env: None, capsys: pytest.CaptureFixture) -> None:
+def test_node_refusals(clean_env: None, capsys: pytest.CaptureFixture, tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # `serve` opens the default data directory (./progemu-data) before it refuses
     _refusal(capsys, main(["listen", "--ae-title", "A-TITLE-TOO-LONG-FOR-DICOM"]), "bad configuration: ae_title")
     _refusal(capsys, main(["serve", "--peer", "nonsense"]), "bad configuration: peers.0")
     _refusal(capsys, main(["worker", "--concurrency", "0"]), "bad configuration: worker_concurrency")
     _refusal(capsys, main(["worker"]), "needs a broker")
-    _refusal(capsys, main(["serve"]), "needs a bearer token")
+    _refusal(capsys, main(["serve"]), "the REST API has no client to accept")

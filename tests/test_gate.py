@@ -11,6 +11,7 @@ import pytest
 
 from dicom_io.reader import SourceGeometry
 from dicom_io.synthetic import build_synthetic_image
+from inference.model import read_spec
 from plugin.cli import main
 from plugin.config import DEMO_MODEL, Settings
 from plugin.errors import InputRefused
@@ -20,6 +21,8 @@ from plugin.orchestrator import Orchestrator
 from plugin.tasks import CeleryDispatcher, configure, generate, use_node
 from tests.support.dicom_fixtures import chest_pixels, phantom_prior, write
 from tests.support.dicom_validators import assert_dciodvfy_clean, dsrdump_text
+
+DEMO_VERSION = read_spec(DEMO_MODEL).version
 
 CHEST_PARTS, FRONTAL = ("CHEST", "THORAX", "LUNG"), ("PA", "AP")
 
@@ -87,7 +90,7 @@ def test_cli_refuses_what_the_model_never_saw_unless_overridden(tmp_path: Path, 
     cartoon = write(build_synthetic_image(chest_pixels()), tmp_path / "cartoon.dcm")
     assert _run(cartoon, tmp_path / "refused") == 2
     line = _last_error(capsys)
-    assert "this image is outside what ProgEmu progemu-demo-0.3 was trained on (score " in line and ", limit " in line
+    assert f"this image is outside what ProgEmu {DEMO_VERSION} was trained on (score " in line and ", limit " in line
     assert not (tmp_path / "refused").exists()
 
     out = tmp_path / "overridden"
@@ -121,15 +124,14 @@ def test_the_node_fails_a_refused_job_with_the_reason_and_runs_an_overridden_one
     cartoon = build_synthetic_image(chest_pixels())
     path = write(cartoon, tmp_path / "cartoon.dcm")
     node.spool.write(cartoon.StudyInstanceUID, cartoon.SeriesInstanceUID, cartoon.SOPInstanceUID, path.read_bytes())
-    jobs = {}
-    for override in (False, True):
-        job, _ = node.store.submit(NewJob(request_id=f"r{override}", study_instance_uid=cartoon.StudyInstanceUID,
-                                          hypothesis="The left pleural effusion worsens.", source="test",
-                                          sampler=node.default_sampler(seed=3), allow_out_of_distribution=override))
+    submitted = {override: node.store.submit(NewJob(
+        request_id=f"r{override}", study_instance_uid=cartoon.StudyInstanceUID, source="test",
+        hypothesis="The left pleural effusion worsens.", sampler=node.default_sampler(seed=3),
+        allow_out_of_distribution=override))[0] for override in (False, True)}  # both before the study is released
+    for job in submitted.values():
         generate.apply(args=(job.id,))  # the Celery task, run here: permanent failures fail the job at once
-        jobs[override] = node.store.get(job.id)
-    refused, overridden = jobs[False], jobs[True]
-    assert refused.state == JobState.FAILED and "outside what ProgEmu progemu-demo-0.3 was trained on" in refused.reason
+    refused, overridden = (node.store.get(submitted[override].id) for override in (False, True))
+    assert refused.state == JobState.FAILED and f"outside what ProgEmu {DEMO_VERSION} was trained on" in refused.reason
     assert refused.results is None and refused.attempts == 1
     assert overridden.state == JobState.DONE and overridden.allow_out_of_distribution
     checks = overridden.results.checks

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from plugin.config import Settings
-from plugin.jobs import DeliveryState, JobState, JobStore, NewJob
+from plugin.jobs import DeliveryState, Job, JobState, JobStore, NewJob
 from plugin.results import AlgorithmIdentity, DicomOutput, JobResults, OutputKind
 from tests.support.databases import postgres_database
 
@@ -138,3 +138,58 @@ def test_release_makes_leased_deliveries_due_after_a_restart(store: JobStore) ->
     assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1
     store.release_delivery_claims()
     assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1
+
+
+def _receiving_jobs(store: JobStore, study: str, count: int) -> None:
+    """``count`` jobs waiting for ``study``, inserted in one transaction (one submit each would take seconds)."""
+    with store._session.begin() as session:
+        session.add_all([Job(id=f"{n:032x}", request_id=f"bulk-{n}", study_instance_uid=study, hypothesis="h",
+                             sampler={}, source="test", state=JobState.RECEIVING) for n in range(count)])
+
+
+def test_every_waiting_job_is_found_however_many_there_are(store: JobStore) -> None:
+    _receiving_jobs(store, "1.2.3", 130)
+    queued, _ = store.submit(_request("queued", study="1.2.3"))
+    store.submit(_request("other-study", study="1.2.4"))
+    assert len(list(store.waiting_for("1.2.3"))) == 131  # once only 100 of each state
+    assert [job.id for job in store.waiting_for("1.2.3", page=7)] == sorted(
+        [f"{n:032x}" for n in range(130)] + [queued.id])
+
+
+def test_a_destination_is_assigned_once_and_keeps_the_jobs_time(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    assert store.assign_destination(job.id, "ORTHANC@127.0.0.1:4242")
+    assert not store.assign_destination(job.id, "INTRUDER@127.0.0.9:104")
+    stored = store.get(job.id)
+    assert stored.destination == "ORTHANC@127.0.0.1:4242" and stored.updated_at == job.updated_at
+
+
+def test_which_studies_jobs_still_need(store: JobStore) -> None:
+    waiting, _ = store.submit(_request("a", study="1.2.3"))
+    delivering, _ = store.submit(_request("b", study="1.2.4"))
+    store.transition(delivering.id, JobState.DELIVERING, expect=[JobState.QUEUED])
+    assert store.needs_study("1.2.3") and not store.needs_study("1.2.4") and not store.needs_study("1.2.5")
+    assert store.studies_needed() == {"1.2.3"}
+    store.transition(waiting.id, JobState.FAILED, expect=[JobState.QUEUED], reason="r")
+    assert store.studies_needed() == set()
+
+
+def test_jobs_receiving_since_before_a_time(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    store.transition(job.id, JobState.RECEIVING, expect=[JobState.QUEUED])
+    now = dt.datetime.now(dt.UTC)
+    assert store.receiving_since(now - dt.timedelta(minutes=1)) == []
+    assert [j.id for j in store.receiving_since(now + dt.timedelta(seconds=1))] == [job.id]
+
+
+def test_abandoned_deliveries_fail_and_so_does_the_job(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
+    store.record_results(job.id, _results(), [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
+    first = store.get(job.id).deliveries[0].id
+    store.delivery_attempt(first, error=None, retry_in=None)
+    assert store.abandon_deliveries(job.id, "the results were removed") == 1
+    assert store.settle(job.id) == JobState.FAILED
+    done, abandoned = store.get(job.id).deliveries
+    assert done.state == DeliveryState.DONE
+    assert (abandoned.state, abandoned.last_error) == (DeliveryState.FAILED, "the results were removed")

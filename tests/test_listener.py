@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import select
+import socket
 import ssl
+import struct
 import subprocess
 import threading
+import time
+import tracemalloc
 from pathlib import Path
 from unittest.mock import Mock
 
@@ -17,13 +23,24 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verific
 from pynetdicom.status import STATUS_FAILURE, STORAGE_SERVICE_CLASS_STATUS
 
 from dicom_io.completion import StudyArrival
-from dicom_io.listener import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, Listener, ListenerConfig
+from dicom_io.listener import (
+    CANNOT_UNDERSTAND,
+    CONTROL_PDU_MAX,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    AssociationAttempt,
+    Listener,
+    ListenerConfig,
+    OversizedPDUError,
+    PduFraming,
+)
 from dicom_io.peers import DicomPeer
 from dicom_io.records import MANUFACTURER
 from dicom_io.spool import Spool
 from dicom_io.synthetic import build_synthetic_image
 from tests.support.dicom_fixtures import chest_pixels, write
 from tests.support.net import free_port, wait_for
+from tests.support.pki import TestCa
 
 PEER = DicomPeer("STORESCU", "127.0.0.1", 104)
 
@@ -38,7 +55,9 @@ class Running:
         self.spool = Spool(tmp_path / "spool", max_bytes)
         self.completed: list[StudyArrival] = []
         self.clock = Mock(return_value=0.0)
+        self.attempts: list[AssociationAttempt] = []
         self.listener = Listener(self.config, self.spool, on_complete=self.completed.append,
+                                 on_association=self.attempts.append,
                                  is_own_output=lambda ds: ds.get("Manufacturer") == MANUFACTURER, clock=self.clock)
 
     def __enter__(self) -> Running:
@@ -216,21 +235,10 @@ def test_tls_listener_answers_tls_and_refuses_plain_connections(tmp_path: Path) 
         assert not plain.is_established
 
 
-@pytest.mark.parametrize("text", ["PACS@10.0.0.1:104", "A B@host.example:11112", "X@[::1]:4242"])
-def test_peer_round_trips(text: str) -> None:
-    assert str(DicomPeer.parse(text)) == text
-
-
-@pytest.mark.parametrize("text", ["PACS@host", "@host:104", "WAY_TOO_LONG_AE_TITLE@h:104", "P@h:70000", "P\\Q@h:1"])
-def test_bad_peer_is_refused(text: str) -> None:
-    with pytest.raises(ValueError):
-        DicomPeer.parse(text)
-
-
 @pytest.mark.integration
 def test_concurrent_senders_all_land(tmp_path: Path) -> None:
     images = [_image() for _ in range(4)]
-    with Running(tmp_path) as node:
+    with Running(tmp_path, max_pending_per_host=len(images)) as node:  # all four may be negotiating at once
         statuses = []
         threads = [threading.Thread(target=lambda ds=ds: statuses.append(_pynetdicom_store(node.port, ds)))
                    for ds in images]
@@ -279,3 +287,234 @@ def test_progemu_listen_runs_the_listener_alone(tmp_path: Path) -> None:
     spooled = tmp_path / "data" / "spool" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
     assert pydicom.dcmread(spooled).SOPInstanceUID == ds.SOPInstanceUID
     assert listen.returncode == 0  # SIGTERM stops it cleanly
+
+
+# --- admission and intake hardening ---------------------------------------------------------------------
+
+
+class _FaultyAdmission(Listener):
+    def admit(self, calling_ae_title: str, address: str) -> bool:
+        raise UnicodeError("label empty or too long")  # what getaddrinfo raised for a peer at "pacs..example.org"
+
+
+@pytest.mark.integration
+def test_an_admission_check_that_fails_refuses_the_association(tmp_path: Path) -> None:
+    node = Running(tmp_path)
+    node.listener = _FaultyAdmission(node.config, node.spool, on_complete=node.completed.append)
+    with node:
+        result = _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
+    assert result.returncode != 0
+    assert "Association Rejected" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("host", ["pacs..example.org", "no-such-host.invalid"])
+def test_start_refuses_a_peer_whose_host_does_not_resolve(tmp_path: Path, host: str) -> None:
+    config = ListenerConfig(ae_title="PROGEMU", host="127.0.0.1", port=free_port(),
+                            peers=(PEER, DicomPeer("ORTHANC", host, 4242)))  # built directly: parse would refuse
+    listener = Listener(config, Spool(tmp_path / "spool", 10**6), on_complete=lambda arrival: None)
+    with pytest.raises(RuntimeError, match=rf"ORTHANC@{re.escape(host)}:4242.*does not resolve"):
+        listener.start()
+    assert not listener.running
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the listener has closed its end (the socket must be readable)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionError:
+        return True
+
+
+def _wait_closed(sockets: list[socket.socket], count: int, timeout: float) -> None:
+    """Wait until ``count`` of ``sockets`` were closed by the listener; fail after ``timeout`` seconds."""
+    started, closed = time.monotonic(), set()
+    while len(closed) < count:
+        assert time.monotonic() - started < timeout, f"only {len(closed)} of {count} connections closed"
+        readable, _, _ = select.select([s for s in sockets if s not in closed], [], [], 0.05)
+        closed.update(s for s in readable if _closed(s))
+
+
+@pytest.mark.integration
+def test_idle_connections_from_one_address_cannot_lock_out_an_allowed_peer(tmp_path: Path) -> None:
+    acse_timeout = 3.0
+    with Running(tmp_path, peers=(DicomPeer("STORESCU", "127.0.0.2", 104),), acse_timeout=acse_timeout,
+                 max_pending_per_host=2, max_associations=8) as node:
+        idle = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(8)]  # as many as associations
+        try:
+            opened = time.monotonic()
+            _wait_closed(idle, 6, timeout=acse_timeout / 2)  # beyond the cap: closed at once
+            assert sum(1 for s in idle if select.select([s], [], [], 0)[0]) == 6  # and the 2 within it still open
+            ae = AE("STORESCU")
+            ae.add_requested_context(Verification)
+            ae.acse_timeout = ae.network_timeout = 5
+            assoc = ae.associate("127.0.0.1", node.port, ae_title="PROGEMU", bind_address=("127.0.0.2", 0))
+            assert assoc.is_established, "the allowed peer was locked out"
+            assert time.monotonic() - opened < acse_timeout  # while the idle connections were still held
+            assert assoc.send_c_echo().Status == 0
+            assoc.release()
+            _wait_closed(idle, 8, timeout=acse_timeout + 5)  # the 2 pending ones: dropped after the ACSE timeout
+        finally:
+            for s in idle:
+                s.close()
+
+
+@pytest.mark.integration
+def test_a_silent_tls_client_does_not_stall_the_listener(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    with Running(tmp_path, tls_cert=cert, tls_key=key, acse_timeout=30.0) as node:
+        silent = socket.create_connection(("127.0.0.1", node.port))  # connects, never says ClientHello
+        try:
+            client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+            ae = AE("STORESCU")
+            ae.add_requested_context(Verification)
+            ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5  # the TLS handshake included
+            assoc = ae.associate("127.0.0.1", node.port, ae_title="PROGEMU", tls_args=(client, "127.0.0.1"))
+            assert assoc.is_established
+            assoc.release()
+        finally:
+            silent.close()
+
+
+def _p_data_tf(context_id: int, fragment: bytes, control: int = 0x00) -> bytes:
+    """One P-DATA-TF PDU with one PDV (PS3.8 9.3.5): control 0x00 is a dataset fragment, not the last."""
+    item = struct.pack(">LBB", len(fragment) + 2, context_id, control) + fragment
+    return struct.pack(">BBL", 0x04, 0x00, len(item)) + item
+
+
+@pytest.mark.integration
+def test_a_pdu_longer_than_the_advertised_maximum_aborts_the_association(tmp_path: Path) -> None:
+    with Running(tmp_path, max_pdu_bytes=16_384) as node:
+        ae = AE("STORESCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="PROGEMU")
+        assert assoc.is_established
+        assert assoc.acceptor.maximum_length == 16_384
+        [context] = assoc.accepted_contexts
+        raw = assoc.dul.socket.socket
+        raw.sendall(_p_data_tf(context.context_id, b"\x00" * 16_384))  # fits; the PDV header is the allowance
+        raw.sendall(_p_data_tf(context.context_id, b"\x00" * 65_536))  # four times what we advertised
+        wait_for(lambda: assoc.is_aborted, 5, "the listener to abort the association")
+
+
+@pytest.mark.integration
+def test_an_oversized_association_request_is_aborted_before_its_body_is_read(tmp_path: Path) -> None:
+    with Running(tmp_path) as node, socket.create_connection(("127.0.0.1", node.port)) as raw:
+        raw.sendall(struct.pack(">BBL", 0x01, 0x00, 2**30) + b"\x00" * 1024)  # announces a 1 GiB A-ASSOCIATE-RQ
+        raw.settimeout(5)
+        assert raw.recv(1) == b"\x07"  # an A-ABORT PDU, at once
+
+
+def test_pdu_framing_checks_each_header_however_the_bytes_arrive() -> None:
+    last = _p_data_tf(1, b"y" * 2000)  # over the limit of 1000 + PDV_HEADER_ALLOWANCE
+    stream = _p_data_tf(1, b"x" * 900) + struct.pack(">BBL", 0x05, 0, 4) + bytes(4) + last  # + an A-RELEASE-RQ
+    header_end = len(stream) - len(last) + 6
+    for chunk_size in (1, 5, 7, 4096):
+        framing = PduFraming("192.0.2.1", max_data_pdu=1000)
+        fed = 0
+        with pytest.raises(OversizedPDUError):
+            for start in range(0, len(stream), chunk_size):
+                framing.feed(stream[start:start + chunk_size])
+                fed += chunk_size
+        assert fed < header_end <= fed + chunk_size  # refused in the bytes that complete its header, not later
+    assert framing.limit(0x01) == CONTROL_PDU_MAX
+    assert PduFraming("192.0.2.1", max_data_pdu=0).limit(0x04) == 2**32 - 1  # 0: unlimited, as advertised
+
+
+@pytest.mark.integration
+def test_a_full_spool_still_answers_echo_and_refuses_a_small_store_with_a_status(tmp_path: Path) -> None:
+    with Running(tmp_path, max_bytes=1) as node:
+        ae = AE("STORESCU")
+        ae.add_requested_context(Verification)
+        ds = _image()
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="PROGEMU")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_echo().Status == 0
+            assert assoc.send_c_store(ds).Status == OUT_OF_RESOURCES
+        finally:
+            assoc.release()
+
+
+@pytest.mark.integration
+def test_a_message_that_never_ends_is_aborted_once_it_outgrows_the_spools_room(tmp_path: Path) -> None:
+    with Running(tmp_path, max_bytes=64 * 1024, max_pdu_bytes=16_384) as node:
+        ae = AE("STORESCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="PROGEMU")
+        assert assoc.is_established
+        [context] = assoc.accepted_contexts
+        raw = assoc.dul.socket.socket
+        try:
+            for _ in range(16):  # 256 KiB of dataset fragments, none the last, each after a command fragment
+                raw.sendall(_p_data_tf(context.context_id, b"\x00" * 16, control=0x01)
+                            + _p_data_tf(context.context_id, b"\x00" * 16_000))
+        except OSError:  # the listener has closed the connection
+            pass
+        wait_for(lambda: assoc.is_aborted, 5, "the listener to abort the association")
+
+
+@pytest.mark.integration
+def test_a_dataset_larger_than_the_spools_room_is_refused_before_it_is_buffered(tmp_path: Path) -> None:
+    ds = _image()
+    ds.Rows, ds.Columns = 4096, 2048
+    ds.PixelData = bytes(4096 * 2048 * 2)  # 16 MiB, against a spool with 256 KiB of room
+    big = write(ds, tmp_path / "big.dcm")
+    size = big.stat().st_size
+    with Running(tmp_path, max_bytes=256 * 1024, max_pdu_bytes=16_384) as node:
+        tracemalloc.start()
+        try:
+            _dcmtk("storescu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port), str(big))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert node.spool.used_bytes == 0
+        echo = _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
+        assert echo.returncode == 0, echo.stderr  # the listener goes on serving
+    assert list((tmp_path / "spool").rglob("*.dcm")) == []
+    # about 2 MiB are the association's own (pynetdicom copies every presentation context for it)
+    assert peak < size / 4, f"{peak} bytes allocated at the peak while receiving {size} bytes"
+
+
+@pytest.mark.integration
+def test_every_association_accepted_or_refused_is_told_with_its_reason(tmp_path: Path) -> None:
+    with Running(tmp_path) as node:
+        _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
+        _dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
+        wait_for(lambda: len(node.attempts) == 2, 5, "both attempts told")
+    assert node.attempts == [AssociationAttempt("STORESCU", "127.0.0.1", True),
+                             AssociationAttempt("INTRUDER", "127.0.0.1", False, "not an allowed peer")]
+
+
+@pytest.mark.integration
+def test_a_client_certificate_must_name_the_ae_title_it_calls_as(tmp_path: Path) -> None:
+    ca = TestCa.create(tmp_path / "pki")
+    server, honest, other = (ca.issue("node", common_name="PROGEMU"), ca.issue("scu", common_name="STORESCU"),
+                             ca.issue("modality", common_name="MODALITY"))
+    with Running(tmp_path, tls_cert=server.cert, tls_key=server.key, tls_ca=ca.cert) as node:
+        def echo(client: object) -> bool:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.cert))
+            context.load_cert_chain(client.cert, client.key)  # type: ignore[attr-defined]
+            ae = AE("STORESCU")
+            ae.add_requested_context(Verification)
+            ae.acse_timeout = ae.network_timeout = 5
+            assoc = ae.associate("127.0.0.1", node.port, ae_title="PROGEMU", tls_args=(context, "127.0.0.1"))
+            established = assoc.is_established
+            if established:
+                assoc.release()
+            return established
+
+        assert echo(honest)
+        assert not echo(other)  # a valid certificate of the CA, but for another AE title
+    assert node.attempts[-1].reason == "its certificate does not name that AE title"
+
+
+@pytest.mark.integration
+def test_a_study_belongs_to_its_first_sender(tmp_path: Path) -> None:
+    second = DicomPeer("OTHER", "127.0.0.1", 104)
+    with Running(tmp_path, peers=(PEER, second)) as node:
+        study = generate_uid()
+        assert _pynetdicom_store(node.port, _image(study)) == 0
+        planted = _image(study, SeriesInstanceUID=generate_uid())
+        assert _pynetdicom_store(node.port, planted, calling="OTHER") == NOT_AUTHORIZED
+        assert len(node.spool.instances(study)) == 1

@@ -1,8 +1,10 @@
-"""The node's use cases in process: generate, outbox, routing rules, own outputs, and no PHI in the logs."""
+"""The node's use cases in process: generate, outbox, routing rules, own outputs, destinations, the generation
+deadline, and no PHI in the logs."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pydicom
@@ -10,13 +12,16 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_io.completion import StudyArrival
+from dicom_io.spool import ForeignSenderError
 from plugin.config import Settings
 from plugin.errors import PermanentJobError
-from plugin.jobs import JobState, NewJob
+from plugin.jobs import Job, JobState, NewJob
 from plugin.orchestrator import Orchestrator
 from plugin.routing import RoutingRule
-from plugin.tasks import CeleryDispatcher, configure
+from plugin.tasks import CeleryDispatcher, configure, use_node
+from plugin.tasks import generate as generate_task
 from tests.support.dicom_fixtures import phantom_prior
+from tests.support.dispatchers import RecordingDispatcher
 
 PHI = {"patient_name": "DOE^JANE", "patient_id": "MRN-998877", "patient_birth_date": "19451231"}
 
@@ -34,7 +39,7 @@ def _spool(node: Orchestrator, ds: pydicom.Dataset, tmp_path: Path) -> None:
 
 
 def _job(node: Orchestrator, study: str, request_id: str = "r") -> str:
-    job, _ = node.store.submit(NewJob(request_id=request_id, study_instance_uid=study, source="test",
+    job, _ = node.submit(NewJob(request_id=request_id, study_instance_uid=study, source="test",
                                       hypothesis="The left pleural effusion worsens.",
                                       sampler=node.default_sampler(seed=3)))
     return job.id
@@ -65,6 +70,7 @@ def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path:
     assert job.results.algorithm.checkpoint_sha256 in sc.DerivationDescription
     logged = caplog.text
     assert logged and not any(value in logged for value in ("DOE", "JANE", "MRN-998877", "19451231"))
+    assert not any(value in repr(job) for value in ("DOE", "JANE", "MRN-998877", "19451231"))  # the audit row
 
 
 @pytest.mark.slow
@@ -94,7 +100,69 @@ def test_results_go_back_to_the_peer_that_sent_the_study(tmp_path: Path) -> None
     _spool(node, prior, tmp_path)
     job_id = _job(node, prior.StudyInstanceUID)
     node.on_study_complete(StudyArrival(prior.StudyInstanceUID, "PROGEMU", "ORTHANC", {prior.SeriesInstanceUID}, 1))
-    assert node.destination_for(node.store.get(job_id)) == "ORTHANC@127.0.0.1:4242"
+    assert node.store.get(job_id).destination == "ORTHANC@127.0.0.1:4242"  # decided on arrival, and stored
+
+
+def test_a_later_sender_of_the_study_neither_adds_to_it_nor_redirects_its_results(tmp_path: Path) -> None:
+    """Once, with no destination configured, the latest sender of a study became its results' destination."""
+    node = _node(tmp_path, peers="ORTHANC@127.0.0.1:4242,OTHER@127.0.0.2:104")
+    prior = phantom_prior()
+    path = tmp_path / "prior.dcm"
+    prior.save_as(path, enforce_file_format=True)
+    study, series = prior.StudyInstanceUID, prior.SeriesInstanceUID
+    node.spool.write(study, series, prior.SOPInstanceUID, path.read_bytes(), calling_ae="ORTHANC", called_ae="PROGEMU")
+    node.on_study_complete(StudyArrival(study, "PROGEMU", "ORTHANC", {series}, 1))
+    with pytest.raises(ForeignSenderError):
+        node.spool.write(study, series, generate_uid(), path.read_bytes(), calling_ae="OTHER", called_ae="PROGEMU")
+    node.on_study_complete(StudyArrival(study, "PROGEMU", "OTHER", {series}, 1))
+    job, _ = node.submit(NewJob(request_id="api", study_instance_uid=study, source="api", hypothesis="h",
+                                sampler=node.default_sampler()))
+    assert job.destination == "ORTHANC@127.0.0.1:4242" and len(node.spool.instances(study)) == 1
+
+
+def test_a_configured_destination_is_fixed_when_the_job_is_accepted(tmp_path: Path) -> None:
+    node = _node(tmp_path, destination="PACS@127.0.0.1:104", peers="ORTHANC@127.0.0.1:4242")
+    job, _ = node.submit(NewJob(request_id="r", study_instance_uid="1.2.826.0.1.3680043.8.498.5", source="api",
+                                hypothesis="h", sampler=node.default_sampler()))
+    assert job.destination == "PACS@127.0.0.1:104"
+    node.on_study_complete(StudyArrival("1.2.826.0.1.3680043.8.498.5", "PROGEMU", "ORTHANC", set(), 1))
+    assert node.store.get(job.id).destination == "PACS@127.0.0.1:104"
+
+
+def test_every_job_waiting_for_a_study_is_started_when_it_arrives(tmp_path: Path) -> None:
+    """Once only the first 100 waiting jobs of each state were."""
+    recorder = RecordingDispatcher()
+    node = Orchestrator(Settings(data_dir=tmp_path), recorder)
+    study = "1.2.826.0.1.3680043.8.498.6"
+    with node.store._session.begin() as session:  # one transaction: one submit each would take seconds
+        session.add_all([Job(id=f"{n:032x}", request_id=f"r{n}", study_instance_uid=study, hypothesis="h",
+                             sampler={}, source="test", state=JobState.RECEIVING) for n in range(150)])
+    node.on_study_complete(StudyArrival(study, "PROGEMU", "ORTHANC", set(), 1))
+    assert sorted(step[1] for step in recorder.steps) == [f"{n:032x}" for n in range(150)]
+
+
+class _HungGeneration:
+    """A generation that never ends on its own: it only checks the deadline between its "tokens"."""
+
+    def run(self, prior, hypothesis, settings, *, allow_out_of_distribution=False, progress=None, cancel=None):
+        while True:
+            cancel()
+            time.sleep(0.01)
+
+
+def test_a_generation_past_the_time_limit_fails_the_job_with_the_reason(tmp_path: Path) -> None:
+    """The limit holds in every mode: a thread of `progemu serve` ignored Celery's time limits."""
+    node = _node(tmp_path, task_time_limit=1)
+    use_node(node)
+    node.use_case = _HungGeneration  # type: ignore[method-assign]
+    prior = phantom_prior()
+    _spool(node, prior, tmp_path)
+    job_id = _job(node, prior.StudyInstanceUID)
+    started = time.monotonic()
+    generate_task(job_id)  # the Celery task, run here: what a worker thread runs
+    assert 1 <= time.monotonic() - started < 5
+    job = node.store.get(job_id)
+    assert job.state == JobState.FAILED and job.reason == "generation exceeded the 1 s time limit"
 
 
 @pytest.mark.parametrize(("rule", "called", "matches"), [
@@ -118,28 +186,12 @@ def test_routing_rules_create_a_job_for_pushed_studies(tmp_path: Path, rule: Rou
         assert len(node.store.list(study_instance_uid=prior.StudyInstanceUID)) == 1  # same rule, same study: one job
 
 
-class _Recorder:
-    """Records where the node sends each step instead of queueing it."""
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, object]] = []
-
-    def generate(self, job_id: str) -> None:
-        self.steps.append(("generate", job_id))
-
-    def deliver(self, delivery_id: int) -> None:
-        self.steps.append(("deliver", delivery_id))
-
-    def retrieve(self, job_id: str) -> None:
-        self.steps.append(("retrieve", job_id))
-
-
 def test_a_request_for_a_study_still_arriving_waits_for_it_instead_of_retrieving(tmp_path: Path) -> None:
     """No PACS configured, the study half received: the job waits for the listener, it is not failed."""
     from types import SimpleNamespace
 
     config = Settings(data_dir=tmp_path)
-    recorder = _Recorder()
+    recorder = RecordingDispatcher()
     node = Orchestrator(config, recorder)
     arriving = {"yes": True}
     node.listener = SimpleNamespace(tracker=SimpleNamespace(receiving=lambda uid: arriving["yes"]),  # type: ignore
@@ -154,3 +206,45 @@ def test_a_request_for_a_study_still_arriving_waits_for_it_instead_of_retrieving
     assert recorder.steps == [("generate", job.id)]
     node.retrieve(job.id)  # a retrieval that was already queued finds the study here and generates instead
     assert recorder.steps[-1] == ("generate", job.id) and node.store.get(job.id).state == JobState.RECEIVING
+
+
+@pytest.mark.slow
+def test_the_audit_trail_records_who_asked_for_what_and_how_it_ended(tmp_path: Path) -> None:
+    node = _node(tmp_path)  # no peers: results stay here, so the job ends at once
+    prior = phantom_prior(**PHI)
+    _spool(node, prior, tmp_path)
+    node.on_study_complete(StudyArrival(prior.StudyInstanceUID, "PROGEMU", "ORTHANC", {prior.SeriesInstanceUID}, 1))
+    done, _ = node.submit(NewJob(request_id="a", study_instance_uid=prior.StudyInstanceUID, source="api",
+                                 hypothesis="The left pleural effusion worsens.", requester="orthanc:dr-who",
+                                 sampler=node.default_sampler(seed=3)))
+    node.generate(done.id, worker="test:1")
+    broken = phantom_prior(modality="OT")
+    broken.SOPClassUID = broken.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    _spool(node, broken, tmp_path)
+    failed = _job(node, broken.StudyInstanceUID, request_id="b")
+    with pytest.raises(PermanentJobError) as refused:
+        node.generate(failed, worker="test:1")
+    node.fail(failed, str(refused.value))
+    records = [(r.event, r.actor, r.outcome, r.fields) for r in node.audit.records()]
+    events = [(event, fields.get("job_id"), fields.get("state")) for event, _, _, fields in records]
+    assert events == [("study-received", None, None), ("job-requested", done.id, None),
+                      ("job-finished", done.id, "done"), ("job-requested", failed, None),
+                      ("job-finished", failed, "failed")]
+    assert records[1][1] == "orthanc" and records[1][3]["requester"] == "dr-who"  # the client, and its user
+    assert "no CR, DX or Secondary Capture image" in records[-1][3]["reason"]
+    assert node.audit.verify().broken is None
+    text = (tmp_path / "audit.log").read_text()
+    assert not any(value in text for value in PHI.values())
+
+
+def test_a_step_the_broker_refuses_is_queued_again_once_it_is_back(tmp_path: Path) -> None:
+    broker = RecordingDispatcher(up=False)
+    node = Orchestrator(Settings(data_dir=tmp_path), broker)
+    prior = phantom_prior()
+    _spool(node, prior, tmp_path)
+    job_id = _job(node, prior.StudyInstanceUID)  # accepted although the queue refused it
+    assert node.store.get(job_id).state == JobState.QUEUED and broker.steps == []
+    assert node.redispatch() == 0  # still away: kept, not lost
+    broker.up = True
+    assert node.redispatch() == 1 and broker.steps == [("generate", job_id)]
+    assert node.redispatch() == 0 and broker.steps == [("generate", job_id)]  # handed over once

@@ -27,11 +27,14 @@ from tests.support.orthanc_plugin import (
     start_stack,
     stop,
 )
+from tests.support.orthanc_server import USER
 
 UNKNOWN_STUDY = "00000000-11111111-22222222-33333333-44444444"
 HYPOTHESIS = "the left pleural effusion worsens"
 # the plugin's own defaults in the main Orthanc (orthanc.json leaves them to the node)
 DEFAULT_SEED, DEFAULT_CFG = 5, 2.5
+# the header the Explorer form sends with its POST (explorer.js); the plugin refuses a POST without it
+FORM = {"X-Requested-With": "progemu"}
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +118,12 @@ def test_routes_are_behind_orthanc_authentication(stack: PluginStack) -> None:
 def test_counterfactual_through_the_plugin_lands_in_the_study(stack: PluginStack, servers: SimpleNamespace) -> None:
     study_id, study_uid = stack.upload_prior(servers.workdir / "happy")
     response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals",
-                             json={"hypothesis": HYPOTHESIS, "seed": 7})
+                             json={"hypothesis": HYPOTHESIS, "seed": 7}, headers=FORM)
     assert response.status_code == 201, stack.diagnostics()
     created = response.json()
     assert created["study_instance_uid"] == study_uid
-    assert created["requester"] == "orthanc-explorer"
+    # the Orthanc user who asked, under the plugin's API client where the node records both
+    assert re.fullmatch(rf"(?:[^:]+:)?{re.escape(USER)}", created["requester"]), created["requester"]
     assert created["hypothesis"] == HYPOTHESIS
     # the seed as given, the guidance scale from the plugin's DefaultGuidanceScale
     assert (created["sampler"]["seed"], created["sampler"]["cfg_scale"]) == (7, DEFAULT_CFG)
@@ -170,7 +174,7 @@ def test_counterfactual_through_the_plugin_lands_in_the_study(stack: PluginStack
 def test_bad_request_bodies_are_400_and_never_reach_the_node(stack: PluginStack, untouched_study: tuple[str, str],
                                                              body: dict, expected: str) -> None:
     study_id, study_uid = untouched_study
-    response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals", json=body)
+    response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals", json=body, headers=FORM)
     assert response.status_code == 400, response.text
     assert expected in _detail(response)
     assert _node_jobs(stack, study_uid) == []
@@ -189,7 +193,7 @@ def test_malformed_json_is_400(stack: PluginStack, untouched_study: tuple[str, s
                                expected: str) -> None:
     study_id, study_uid = untouched_study
     response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals", content=raw,
-                             headers={"Content-Type": "application/json"})
+                             headers={"Content-Type": "application/json", **FORM})
     assert response.status_code == 400, response.text
     assert expected in _detail(response)
     assert _node_jobs(stack, study_uid) == []
@@ -205,9 +209,32 @@ def test_malformed_json_is_400(stack: PluginStack, untouched_study: tuple[str, s
 def test_node_refusals_are_400_with_the_nodes_reason(stack: PluginStack, untouched_study: tuple[str, str],
                                                      body: dict, expected: str) -> None:
     study_id, study_uid = untouched_study
-    response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals", json=body)
+    response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals", json=body, headers=FORM)
     assert response.status_code == 400, response.text
     assert _detail(response) == expected
+    assert _node_jobs(stack, study_uid) == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("kwargs", "status"), [
+    # an HTML form on another site: text/plain, no custom header, the browser's Origin and the user's credentials
+    pytest.param({"content": b'{"hypothesis": "the effusion worsens"}',
+                  "headers": {"Content-Type": "text/plain", "Origin": "https://evil.example"}}, 403,
+                 id="cross-site-form"),
+    pytest.param({"content": b'{"hypothesis": "the effusion worsens"}',
+                  "headers": {"Content-Type": "text/plain", "X-Requested-With": "progemu"}}, 415, id="text-plain"),
+    pytest.param({"json": {"hypothesis": HYPOTHESIS}}, 403, id="json-without-the-form-header"),
+    pytest.param({"json": {"hypothesis": HYPOTHESIS},
+                  "headers": {"X-Requested-With": "progemu", "Origin": "https://evil.example"}}, 403,
+                 id="foreign-origin"),
+])
+def test_a_cross_site_post_is_refused_and_never_reaches_the_node(stack: PluginStack,
+                                                                untouched_study: tuple[str, str], kwargs: dict,
+                                                                status: int) -> None:
+    study_id, study_uid = untouched_study
+    response = stack.request("POST", f"/progemu/studies/{study_id}/counterfactuals", **kwargs)
+    assert response.status_code == status, response.text
+    assert _detail(response)
     assert _node_jobs(stack, study_uid) == []
 
 
@@ -215,7 +242,7 @@ def test_node_refusals_are_400_with_the_nodes_reason(stack: PluginStack, untouch
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_unknown_study_is_404(stack: PluginStack, method: str) -> None:
     response = stack.request(method, f"/progemu/studies/{UNKNOWN_STUDY}/counterfactuals",
-                             json={"hypothesis": HYPOTHESIS} if method == "POST" else None)
+                             json={"hypothesis": HYPOTHESIS} if method == "POST" else None, headers=FORM)
     assert response.status_code == 404
     assert "no study" in _detail(response)
 
@@ -281,7 +308,7 @@ def test_node_down_is_502_with_a_clear_message(servers: SimpleNamespace, down_st
     down: PluginStack = servers.down
     node_url = down.orthanc.config["ProgEmu"]["NodeUrl"]
     response = down.request(method, path.format(study=down_study, job=uuid.uuid4().hex),
-                            json={"hypothesis": HYPOTHESIS} if method == "POST" else None)
+                            json={"hypothesis": HYPOTHESIS} if method == "POST" else None, headers=FORM)
     assert response.status_code == 502
     assert _detail(response) == f"the ProgEmu node at {node_url} is not reachable (connection refused)"
 
@@ -290,6 +317,7 @@ def test_node_down_is_502_with_a_clear_message(servers: SimpleNamespace, down_st
 def test_wrong_token_is_502_naming_the_setting(servers: SimpleNamespace) -> None:
     wrong: PluginStack = servers.wrong_token
     study_id, _ = wrong.upload_prior(servers.workdir / "wrong-token-prior")
-    response = wrong.request("POST", f"/progemu/studies/{study_id}/counterfactuals", json={"hypothesis": HYPOTHESIS})
+    response = wrong.request("POST", f"/progemu/studies/{study_id}/counterfactuals", json={"hypothesis": HYPOTHESIS},
+                             headers=FORM)
     assert response.status_code == 502
     assert "refused the plugin's token (check ProgEmu.Token)" in _detail(response)

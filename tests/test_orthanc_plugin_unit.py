@@ -1,12 +1,14 @@
 """The Orthanc plugin's logic (plugin/orthanc/progemu_orthanc.py) without Orthanc: a stand-in ``orthanc`` module.
 
 The plugin is imported from its file, as Orthanc imports it, and its routes are called as Orthanc calls
-them: ``callback(output, uri, method=..., groups=..., get=..., body=...)``. The node is a stand-in for the
-plugin's opener, or a closed port. tests/test_orthanc_plugin.py runs the same routes in a real Orthanc.
+them: ``callback(output, uri, method=..., groups=..., get=..., headers=..., body=...)``, the header names
+lower-cased. The node is a stand-in for the plugin's opener, or a closed port. tests/test_orthanc_plugin.py
+runs the same routes in a real Orthanc.
 """
 
 from __future__ import annotations
 
+import base64
 import email.message
 import http.client
 import importlib.util
@@ -32,6 +34,17 @@ UNKNOWN_STUDY = "00000000-11111111-22222222-33333333-44444444"
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 JOB_ID = "job-1"
 HYPOTHESIS = "the left pleural effusion worsens"
+USER = "dr.lee"
+ORTHANC_HOST = "pacs.example:8042"
+
+
+def basic(user: str, password: str = "pw") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# what Orthanc passes for the Explorer form's POST (orthanc-python lower-cases the names)
+FORM_HEADERS = {"host": ORTHANC_HOST, "origin": f"http://{ORTHANC_HOST}", "content-type": "application/json",
+                "x-requested-with": "progemu", "authorization": basic(USER)}
 SC_CLASS, SR_CLASS = "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.34"
 OUTPUTS = [
     {"kind": "sc", "series_instance_uid": "1.2.3.1", "sop_instance_uid": "1.2.3.1.1", "sop_class_uid": SC_CLASS},
@@ -48,7 +61,8 @@ class FakeOrthanc:
     """What the plugin uses of orthanc-python's ``orthanc`` module, over one study and some of its series."""
 
     def __init__(self) -> None:
-        self.config: dict[str, Any] = {"ProgEmu": {"NodeUrl": NODE_URL, "Token": TOKEN}}
+        self.config: dict[str, Any] = {"ProgEmu": {"NodeUrl": NODE_URL, "Token": TOKEN},
+                                       "AuthenticationEnabled": True, "RegisteredUsers": {USER: "pw"}}
         self.series: dict[str, str] = {}  # SeriesInstanceUID -> Orthanc id
         self.routes: dict[str, Callable] = {}
         self.explorer: list[str] = []
@@ -166,13 +180,15 @@ def plugin(load: Callable[[], types.ModuleType], node: FakeNode, monkeypatch: py
 
 
 def call(orthanc: FakeOrthanc, method: str, uri: str, *, body: bytes | dict | None = None,
-         get: dict | None = None) -> FakeOutput:
-    """Route ``uri`` as Orthanc does: the first registered pattern that matches it whole, its groups passed on."""
+         get: dict | None = None, headers: dict[str, str] | None = None) -> FakeOutput:
+    """Route ``uri`` as Orthanc does: the first registered pattern that matches it whole, its groups passed on.
+    The headers are the Explorer form's unless given."""
     output = FakeOutput()
     for pattern, callback in orthanc.routes.items():
         if match := re.fullmatch(pattern, uri):
             raw = json.dumps(body).encode() if isinstance(body, dict) else body
-            callback(output, uri, method=method, groups=list(match.groups()), get=get or {}, body=raw or b"")
+            callback(output, uri, method=method, groups=list(match.groups()), get=get or {},
+                     headers=FORM_HEADERS if headers is None else headers, body=raw or b"")
             return output
     raise AssertionError(f"no route for {uri}")
 
@@ -339,7 +355,7 @@ def test_post_sends_the_checked_request_with_the_token(plugin: types.ModuleType,
                   body={"hypothesis": f" {HYPOTHESIS} ", "seed": 7})
     assert answer.status == 201 and answer.json()["id"] == JOB_ID
     assert node.sent() == {"hypothesis": HYPOTHESIS, "seed": 7, "study_instance_uid": STUDY_UID,
-                           "requester": "orthanc-explorer"}
+                           "requester": USER}
     assert node.requests[-1].get_header("Authorization") == f"Bearer {TOKEN}"
 
 
@@ -409,6 +425,104 @@ def test_status_alone_when_orthanc_refuses_a_body(plugin: types.ModuleType, orth
     answer = call(orthanc, "POST", f"/progemu/studies/{STUDY_ID}/counterfactuals", body=b"{")
     assert (answer.status, answer.body) == (400, "")
     assert "could not send an answer body (TypeError)" in orthanc.warnings()
+
+
+# --- cross-site requests and the requester -------------------------------------------------------
+
+FORM_POST = f"/progemu/studies/{STUDY_ID}/counterfactuals"
+
+
+def _without(*names: str, **changes: str) -> dict[str, str]:
+    return {**{k: v for k, v in FORM_HEADERS.items() if k not in names}, **changes}
+
+
+@pytest.mark.parametrize(("headers", "status", "detail"), [
+    # what an HTML form on another site sends with the radiologist's Basic credentials
+    pytest.param(_without("x-requested-with", origin="https://evil.example", **{"content-type": "text/plain"}),
+                 403, "cross-site request refused", id="cross-site-text-plain-form"),
+    pytest.param(_without("x-requested-with", "origin", **{"content-type": "text/plain"}), 415, "application/json",
+                 id="text-plain-without-origin"),
+    pytest.param(_without("origin", **{"content-type": "text/plain"}), 415, "application/json",
+                 id="text-plain-with-the-header"),
+    pytest.param(_without("origin", **{"content-type": "application/x-www-form-urlencoded"}), 415,
+                 "application/json", id="urlencoded-form"),
+    pytest.param(_without("origin", **{"content-type": "multipart/form-data; boundary=x"}), 415, "application/json",
+                 id="multipart-form"),
+    pytest.param(_without("content-type"), 415, "application/json", id="no-content-type"),
+    pytest.param(_without("x-requested-with"), 403, "X-Requested-With: progemu", id="json-without-the-header"),
+    pytest.param(_without(**{"x-requested-with": "XMLHttpRequest"}), 403, "X-Requested-With: progemu",
+                 id="another-header-value"),
+    pytest.param(_without(origin="https://evil.example"), 403, "cross-site", id="foreign-origin-with-all-else"),
+    pytest.param(_without(origin="null"), 403, "cross-site", id="opaque-origin"),
+    pytest.param(_without(origin="http://other.pacs.example:8042"), 403, "cross-site", id="sibling-host"),
+    pytest.param(_without(origin="http://pacs.example:9999"), 403, "cross-site", id="other-port"),
+    pytest.param(_without(origin="https://pacs.example"), 403, "cross-site", id="other-scheme-default-port"),
+    pytest.param(_without("host"), 403, "cross-site", id="origin-but-no-host"),
+    pytest.param(_without("origin", **{"sec-fetch-site": "cross-site"}), 403, "cross-site",
+                 id="fetch-metadata-cross-site"),
+    pytest.param(_without(**{"sec-fetch-site": "same-site"}), 403, "cross-site", id="fetch-metadata-same-site"),
+])
+def test_a_post_that_may_come_from_another_site_is_refused_before_the_node(
+        plugin: types.ModuleType, orthanc: FakeOrthanc, node: FakeNode, headers: dict, status: int,
+        detail: str) -> None:
+    answer = call(orthanc, "POST", FORM_POST, body={"hypothesis": HYPOTHESIS}, headers=headers)
+    assert answer.status == status and detail in answer.json()["detail"]
+    assert node.requests == []
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param(FORM_HEADERS, id="the-form"),
+    pytest.param(_without("origin"), id="no-origin"),
+    pytest.param(_without(**{"sec-fetch-site": "same-origin"}), id="fetch-metadata-same-origin"),
+    pytest.param(_without(**{"content-type": "Application/JSON; charset=UTF-8"}), id="json-with-charset"),
+    pytest.param(_without(host="pacs.example", origin="http://PACS.example:80"), id="default-port"),
+    pytest.param(_without(host="orthanc:8042", origin="https://pacs.example",
+                          **{"x-forwarded-host": "pacs.example:443"}), id="behind-a-proxy"),
+    pytest.param({name.title(): value for name, value in FORM_HEADERS.items()}, id="names-in-other-case"),
+])
+def test_the_forms_post_passes(plugin: types.ModuleType, orthanc: FakeOrthanc, node: FakeNode,
+                               headers: dict) -> None:
+    node.answers["POST", "/v1/counterfactuals"] = (201, {"id": JOB_ID, "state": "queued", "results": None})
+    assert call(orthanc, "POST", FORM_POST, body={"hypothesis": HYPOTHESIS}, headers=headers).status == 201
+    assert len(node.requests) == 1
+
+
+def test_reads_need_no_form_header(plugin: types.ModuleType, orthanc: FakeOrthanc, node: FakeNode) -> None:
+    """The form's GETs (polling, history, settings) send no custom header; they change nothing."""
+    node.answers["GET", f"/v1/counterfactuals/{JOB_ID}"] = (200, {"id": JOB_ID, "state": "running", "results": None})
+    assert call(orthanc, "GET", f"/progemu/counterfactuals/{JOB_ID}", headers={}).status == 200
+    assert call(orthanc, "GET", "/progemu/config", headers={}).status == 200
+
+
+def test_the_explorer_form_sends_json_and_the_header(load: Callable, orthanc: FakeOrthanc) -> None:
+    load().register()
+    [script] = orthanc.explorer
+    post = script[script.index("type: 'POST'"):]
+    post = post[:post.index("});")]
+    assert "contentType: 'application/json'" in post and "headers: {'X-Requested-With': 'progemu'}" in post
+
+
+@pytest.mark.parametrize(("headers", "config", "expected"), [
+    pytest.param(FORM_HEADERS, {}, USER, id="checked-user"),
+    pytest.param(_without(authorization=basic("dr.lee", "pass:with:colons")), {}, USER, id="colons-in-password"),
+    pytest.param(_without("authorization"), {}, None, id="no-credentials"),
+    pytest.param(_without(authorization="Bearer abc"), {}, None, id="bearer"),
+    pytest.param(_without(authorization="Basic not-base64!"), {}, None, id="malformed"),
+    pytest.param(_without(authorization=basic("mallory")), {}, None, id="not-a-registered-user"),
+    pytest.param(FORM_HEADERS, {"AuthenticationEnabled": False}, None, id="authentication-off"),
+    pytest.param(FORM_HEADERS, {"AuthenticationEnabled": None}, None, id="authentication-unset"),
+])
+def test_the_post_names_the_orthanc_user_orthanc_checked(load: Callable, orthanc: FakeOrthanc, node: FakeNode,
+                                                         monkeypatch: pytest.MonkeyPatch, headers: dict,
+                                                         config: dict, expected: str | None) -> None:
+    orthanc.config.update(config)
+    module = load()
+    module.register()
+    monkeypatch.setattr(module, "OPENER", node)
+    node.answers["POST", "/v1/counterfactuals"] = (201, {"id": JOB_ID, "state": "queued", "results": None})
+    assert call(orthanc, "POST", FORM_POST, body={"hypothesis": HYPOTHESIS}, headers=headers).status == 201
+    assert node.sent().get("requester") == expected
+    assert USER not in "\n".join(message for _, message in orthanc.logs)
 
 
 # --- the node's answers ---------------------------------------------------------------------------

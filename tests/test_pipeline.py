@@ -8,7 +8,7 @@ from inference.engines.torch_engine import TorchEngine
 from inference.errors import HypothesisError
 from inference.model import ProgEmuModel
 from inference.pipeline import CounterfactualPipeline
-from inference.sampler import SamplerSettings
+from inference.sampler import Deadline, GenerationTimeout, SamplerSettings
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,11 @@ def test_the_checkpoint_limits_the_interpretation(pipeline: CounterfactualPipeli
         out = pipeline.run(prior(), "cardiomegaly worsens", settings)
         assert out.settings.max_text_tokens == limit
         assert out.generated_tokens <= image_tokens + limit + 1
+
+
+def test_generation_stops_in_the_token_loop_once_its_deadline_passes(pipeline: CounterfactualPipeline) -> None:
+    done: list[int] = []
+    with pytest.raises(GenerationTimeout, match="generation exceeded the 0.001 s time limit"):
+        pipeline.run(prior(), "cardiomegaly worsens", SamplerSettings(seed=1, max_text_tokens=4),
+                     progress=lambda n, total: done.append(n), cancel=Deadline(0.001))
+    assert done == [1]  # checked after every token: it stopped at the first

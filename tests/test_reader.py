@@ -1,17 +1,29 @@
 """Reading priors: CR, DX, grayscale SC, LUTs, MONOCHROME1, compressed syntaxes, and every refusal."""
 
+import struct
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames, get_frame
 from pydicom.sequence import Sequence
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from dicom_io.errors import ImageTooLargeError, NoPixelDataError, NotDicomError, UnsupportedImageError
-from dicom_io.reader import read_prior
+from benchmarks.reliability import mutation, read_outcome, seed_priors
+from dicom_io.errors import (
+    ImageTooLargeError,
+    NoPixelDataError,
+    NotDicomError,
+    PatientRecordError,
+    PixelDataError,
+    UnsupportedImageError,
+)
+from dicom_io.reader import check_patient_record, read_prior
 from dicom_io.synthetic import build_synthetic_image
+from plugin.config import DEMO_PRIOR
 from tests.support.dicom_fixtures import chest_pixels, dcmtk_compress, write
 
 LIMIT = 10_000_000
@@ -164,7 +176,7 @@ def test_not_dicom(tmp_path: Path) -> None:
 def test_truncated_pixel_data(dx_file: Path, tmp_path: Path) -> None:
     data = dx_file.read_bytes()
     (tmp_path / "t.dcm").write_bytes(data[: len(data) // 2])
-    with pytest.raises(NotDicomError, match="truncated"):
+    with pytest.raises(PixelDataError, match="pixel data could not be decoded .*truncated"):
         read_prior(tmp_path / "t.dcm", max_pixels=LIMIT)
 
 
@@ -228,3 +240,203 @@ def test_messages_are_one_line_and_carry_no_phi() -> None:
         read_prior(ds, max_pixels=LIMIT)
     message = str(info.value)
     assert "\n" not in message and "MRN12345" not in message and "19610203" not in message and "JANE" not in message
+
+
+def corrupt_rle_dx() -> Dataset:
+    """A valid RLE DX whose second segment offset is moved back two bytes: the first segment loses its last run
+    and the second starts inside it, so decoding writes past the end of the frame."""
+    ds = build_synthetic_image(chest_pixels())
+    ds.compress(RLELossless)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    second = struct.unpack_from("<L", frame, 8)[0]
+    struct.pack_into("<L", frame, 8, second - 2)
+    ds.PixelData = encapsulate([bytes(frame)])
+    return ds
+
+
+def _rust_decoder_failure(ds: Dataset) -> BaseException:
+    """What pylibjpeg-rle raises on ``ds``'s pixel data."""
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    try:
+        _ = ds.pixel_array
+    except BaseException as exc:  # noqa: BLE001 - a panic is what is looked for
+        return exc
+    raise AssertionError("the Rust decoder decoded it")
+
+
+def test_the_corrupt_rle_fixture_panics_the_rust_decoder() -> None:
+    """What the reader must never let through: pylibjpeg-rle's panic, a BaseException that `except Exception`
+    misses (pyo3_runtime cannot be imported, so the class is only known by name)."""
+    panic = _rust_decoder_failure(corrupt_rle_dx())
+    assert (type(panic).__module__, type(panic).__name__) == ("pyo3_runtime", "PanicException")
+    assert not isinstance(panic, Exception)
+
+
+def test_a_corrupt_rle_stream_is_a_clear_refusal(tmp_path: Path) -> None:
+    with pytest.raises(PixelDataError, match="pixel data could not be decoded .*1.2.840.10008.1.2.5"):
+        read_prior(write(corrupt_rle_dx(), tmp_path / "rle.dcm"), max_pixels=LIMIT)
+
+
+@pytest.mark.parametrize("raised, refused", [("panic", True), (MemoryError, True), (KeyboardInterrupt, False),
+                                             (SystemExit, False)])
+def test_every_decoder_failure_but_an_interrupt_is_a_pixel_data_error(
+        raised: type[BaseException] | str, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any decoder (JPEG 2000 here) that panics or fails is refused in one line; an interrupt still interrupts."""
+    error = type(_rust_decoder_failure(corrupt_rle_dx())) if raised == "panic" else raised
+    assert isinstance(error, type)
+    ds = build_synthetic_image(chest_pixels())
+    ds.compress(JPEG2000Lossless)
+
+    def fail(self: Dataset) -> np.ndarray:
+        raise error("the decoder failed")
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(fail))
+    with pytest.raises(PixelDataError if refused else error):
+        read_prior(ds, max_pixels=LIMIT)
+
+
+def test_rle_data_larger_than_any_encoding_is_refused_before_decoding() -> None:
+    """pydicom's RLE decoder would expand each 2-byte run to 128 bytes before checking the length."""
+    ds = build_synthetic_image(chest_pixels())
+    ds.compress(RLELossless)
+    segment = b"\x81\x00" * (2 * 200 * 160)  # twice the 16-bit 200x160 image, each run expanding 64-fold
+    header = struct.pack("<16L", 2, 64, 64 + len(segment), *([0] * 13))
+    ds.PixelData = encapsulate([header + segment + segment])
+    with pytest.raises(PixelDataError, match="more than any encoding of a 200x160 image"):
+        read_prior(ds, max_pixels=LIMIT)
+
+
+def _declaring(ds: Dataset, marker: bytes, offset: int, size: bytes) -> Dataset:
+    """``ds`` with ``size`` written into its codestream at ``offset`` bytes after ``marker``."""
+    frame = bytearray(get_frame(ds.PixelData, 0, number_of_frames=1))
+    at = frame.index(marker) + offset
+    frame[at:at + len(size)] = size
+    ds.PixelData = encapsulate([bytes(frame)])
+    return ds
+
+
+def _jpeg_2000(dx_file: Path, tmp_path: Path) -> Dataset:
+    ds = pydicom.dcmread(dx_file)
+    ds.compress(JPEG2000Lossless)
+    return _declaring(ds, b"\xff\x51", 10, struct.pack(">L", 5_000_096))  # Ysiz: 5 million rows
+
+
+def _jpeg_lossless(dx_file: Path, tmp_path: Path) -> Dataset:
+    ds = pydicom.dcmread(dcmtk_compress(dx_file, tmp_path / "jl.dcm", "dcmcjpeg", "+e1"))
+    return _declaring(ds, b"\xff\xc3", 5, struct.pack(">HH", 30_000, 30_000))  # SOF3 height and width
+
+
+@pytest.mark.parametrize("make, declared", [(_jpeg_2000, "5000096x160"), (_jpeg_lossless, "30000x30000")])
+def test_a_stream_declaring_a_larger_image_is_refused_before_decoding(
+        make, declared: str, dx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A decoder allocates what the stream declares: a 4 KB JPEG 2000 file once took 12 s and 900 MB this way."""
+    ds = make(dx_file, tmp_path)
+
+    def decoded(self: Dataset) -> np.ndarray:
+        raise AssertionError("a decoder was asked")
+
+    monkeypatch.setattr(Dataset, "pixel_array", property(decoded))
+    with pytest.raises(PixelDataError, match=f"its stream declares a {declared} image, the header a 200x160 one"):
+        read_prior(ds, max_pixels=LIMIT)
+
+
+def _with_vr(data: bytes, tag: tuple[int, int], vr: bytes, new_vr: bytes) -> bytes:
+    """``data`` (explicit VR little endian) with one element's VR bytes replaced."""
+    element = struct.pack("<HH", *tag) + vr
+    assert data.count(element) == 1
+    return data.replace(element, struct.pack("<HH", *tag) + new_vr)
+
+
+@pytest.mark.parametrize("tag, vr, new_vr", [
+    ((0x0020, 0x0020), b"CS", b"\x43\x82"),  # PatientOrientation: an unknown VR (NotImplementedError)
+    ((0x0008, 0x0016), b"UI", b"FD"),  # SOPClassUID as 8-byte floats: 28 bytes do not fit (BytesLengthException)
+])
+def test_an_element_that_cannot_be_parsed_is_a_malformed_header(dx_file: Path, tag: tuple[int, int], vr: bytes,
+                                                                 new_vr: bytes) -> None:
+    with pytest.raises(NotDicomError, match="header is malformed"):
+        read_prior(_with_vr(dx_file.read_bytes(), tag, vr, new_vr), max_pixels=LIMIT)
+
+
+def test_seeded_mutations_never_escape_the_reader() -> None:
+    """A short run of benchmarks/reliability.py's part (a): every mutation is read or refused with a
+    DicomInputError (the run once met a Rust panic, NotImplementedError, BytesLengthException and OSError)."""
+    priors = seed_priors()
+    outcomes = [(index, *read_outcome(mutation(priors, 1, index)[2])) for index in range(600)]
+    assert [(index, detail) for index, outcome, detail in outcomes if outcome == "escaped"] == []
+    assert {"accepted", "refused"} <= {outcome for _, outcome, _ in outcomes}
+
+
+def test_the_demo_prior_and_the_synthetic_priors_carry_a_complete_record() -> None:
+    check_patient_record(read_prior(DEMO_PRIOR, max_pixels=LIMIT).dataset)
+    for modality in ("DX", "CR", "OT"):
+        check_patient_record(build_synthetic_image(chest_pixels(), modality=modality))
+
+
+def _without(keyword: str) -> Dataset:
+    ds = build_synthetic_image(chest_pixels())
+    delattr(ds, keyword)
+    return ds
+
+
+def _raw(keyword: str, vr: str, value: bytes) -> Dataset:
+    """A prior whose ``keyword`` holds ``value`` as read from a file: not validated when set."""
+    ds = build_synthetic_image(chest_pixels(), patient_birth_date="19610203")
+    ds[keyword] = DataElement(ds[keyword].tag, vr, value)
+    return pydicom.dcmread(pydicom.filebase.DicomBytesIO(_saved(ds)))
+
+
+def _saved(ds: Dataset) -> bytes:
+    buffer = pydicom.filebase.DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+@pytest.mark.parametrize("make, message", [
+    (lambda: _without("AccessionNumber"), "has no AccessionNumber \\(Type 2\\)"),
+    (lambda: _without("PatientSex"), "has no PatientSex"),
+    (lambda: _without("StudyInstanceUID"), "has no StudyInstanceUID \\(Type 1\\)"),
+    (lambda: _raw("PatientSex", "CS", b"m "), "PatientSex is malformed"),
+    (lambda: _raw("PatientBirthDate", "DA", b"1961020x"), "PatientBirthDate is malformed: not a valid DA"),
+    (lambda: _raw("StudyTime", "TM", b"256000"), "StudyTime is malformed"),
+    (lambda: _raw("StudyID", "SH", b"1\\2 "), "StudyID is malformed"),
+    (lambda: _raw("SeriesInstanceUID", "UI", b""), "SeriesInstanceUID is empty"),
+])
+def test_a_record_the_outputs_cannot_copy_is_refused(make, message: str) -> None:  # noqa: ANN001
+    """Each of these once failed only after generation, in highdicom, with a traceback."""
+    ds = make()
+    with pytest.raises(PatientRecordError, match=message) as info:
+        check_patient_record(ds)
+    assert "1961020x" not in str(info.value) and "19610203" not in str(info.value)
+
+
+def test_a_uid_with_another_vr_is_refused(dx_file: Path) -> None:
+    """Read as a PN, the SOP Class UID still names DX for the reader; the outputs would fail to copy it."""
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_with_vr(dx_file.read_bytes(), (0x0008, 0x0016), b"UI",
+                                                                  b"PN")))
+    read_prior(ds, max_pixels=LIMIT)
+    with pytest.raises(PatientRecordError, match="SOPClassUID is malformed: not a valid UI value"):
+        check_patient_record(ds)
+
+
+def test_an_unparsable_element_anywhere_is_refused_before_a_writer_meets_it(dx_file: Path) -> None:
+    """The writers copy more than the reader looks at: every element is parsed here, once."""
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_with_vr(dx_file.read_bytes(), (0x0008, 0x1030), b"LO",
+                                                                  b"\x43\x82")))  # StudyDescription
+    read_prior(ds, max_pixels=LIMIT)  # the reader does not need it
+    with pytest.raises(PatientRecordError, match="cannot be parsed"):
+        check_patient_record(ds)
+
+
+def test_pydicom_warnings_about_a_file_are_held_back(caplog: pytest.LogCaptureFixture,
+                                                     recwarn: pytest.WarningsRecorder) -> None:
+    """pydicom warns, and logs at WARNING, about what it tolerates in a file, sometimes quoting values: nothing of
+    it reaches a log or the terminal (where it would also break a refusal's one line); a debug line counts it."""
+    ds = build_synthetic_image(chest_pixels())
+    ds.compress(RLELossless)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame + b"\x81\x00" * 4])  # the last segment decodes 512 bytes too long
+    with caplog.at_level("DEBUG"):
+        read_prior(ds, max_pixels=LIMIT)
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")] and not recwarn.list
+    assert "pydicom reported 1 problem(s) with the file" in caplog.text

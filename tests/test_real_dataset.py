@@ -21,6 +21,7 @@ from inference.data.dataset import Dataset, make_dataset
 from inference.data.findings import SITES, FindingSite
 from inference.data.phantom import Findings, render_chest, sample_anatomy
 from inference.data.real_findings import Base, prepare_base, render, render_pair
+from inference.evaluation.evaluate import NEGATIVE, POSITIVE, measurement
 from plugin.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,6 +186,23 @@ def test_make_dataset_on_backgrounds(backgrounds: Path, tmp_path: Path) -> None:
     make_dataset(again, 14, seed=3, size=64, backgrounds=backgrounds, phantom_fraction=0.2)
     assert json.loads((again / "dataset.json").read_text())["records"] == dataset.records
     assert (again / real[0]["prior"]).read_bytes() == (tmp_path / real[0]["prior"]).read_bytes()
+
+
+def test_evaluation_measures_a_real_record_where_its_finding_was_drawn(backgrounds: Path, tmp_path: Path) -> None:
+    """The ground-truth follow-up moves the measure the record's way; a change outside the mask does not count."""
+    make_dataset(tmp_path, 14, seed=3, size=64, backgrounds=backgrounds)
+    dataset = Dataset.open(tmp_path)
+    moving = [r for r in dataset.records if r["labels"]["direction"] in POSITIVE + NEGATIVE]
+    assert moving
+    for entry in moving:
+        measured = measurement(dataset, entry)
+        prior, follow = dataset.image(entry, "prior"), dataset.image(entry, "follow-up")
+        change = measured.measure(follow) - measured.measure(prior)
+        assert np.sign(change) == (1 if entry["labels"]["direction"] in POSITIVE else -1), entry["labels"]
+        elsewhere = prior.copy()
+        elsewhere[measured.keep] = 1 - elsewhere[measured.keep]  # everything outside the change, inverted
+        assert measured.measure(elsewhere) == measured.measure(prior)
+        assert not measured.keep[np.asarray(Image.open(tmp_path / entry["change-mask"])) > 0].any()
 
 
 def test_cli_make_dataset_backgrounds(backgrounds: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

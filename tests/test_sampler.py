@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from inference.errors import SamplerSettingsError
-from inference.sampler import Phase, Sampler, SamplerSettings
+from inference.errors import InferenceError, SamplerSettingsError
+from inference.sampler import Deadline, GenerationTimeout, Phase, Sampler, SamplerSettings
 from inference.sequence import TokenLayout
 from inference.text_tokenizer import build_byte_tokenizer
 
@@ -135,3 +135,14 @@ def test_node_and_cli_defaults_are_the_samplers() -> None:
     from plugin.config import Settings
 
     assert Settings().sampler() == SamplerSettings()
+
+
+def test_a_deadline_passes_silently_until_it_is_due_then_names_the_limit() -> None:
+    now = [100.0]
+    deadline = Deadline(30, clock=lambda: now[0])
+    now[0] = 129.9
+    assert deadline() is False
+    now[0] = 130.0
+    with pytest.raises(GenerationTimeout, match="^generation exceeded the 30 s time limit$") as raised:
+        deadline()
+    assert isinstance(raised.value, InferenceError)  # refused like any other inference error: a failed job

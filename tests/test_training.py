@@ -1,5 +1,6 @@
 """Training: a smoke-sized run lowers the loss, is deterministic, and resumes to the same weights."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,24 @@ def test_recipe_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
         Dataset.open(tmp_path / "data").records[0], "prior")[None])
     assert codes.shape == (1, 8, 8) and codes.max() < 32
     assert all((tmp_path / "work" / f"{stage}_loss.png").exists() for stage in ("vq", "lm", "refine"))
+
+
+@pytest.mark.slow
+def test_warm_start_begins_every_stage_from_the_checkpoint(tmp_path: Path) -> None:
+    """`progemu train --warm-start CKPT` trains every stage from CKPT's weights: with nothing to learn it is CKPT."""
+    make_dataset(tmp_path / "data", 16, seed=1, size=32)
+    base = train_demo_model(tmp_path / "data", tmp_path / "base", tmp_path / "w1", _smoke_config(0))
+    config = _smoke_config(0)
+    frozen = replace(config, vq=replace(config.vq, learning_rate=0.0), lm=replace(config.lm, learning_rate=0.0))
+    warm = train_demo_model(tmp_path / "data", tmp_path / "warm", tmp_path / "w2", frozen,
+                            warm_start=tmp_path / "base")
+    cold = train_demo_model(tmp_path / "data", tmp_path / "cold", tmp_path / "w3", replace(frozen, vq=replace(
+        frozen.vq, seed=5), lm=replace(frozen.lm, seed=5)))
+    assert (tmp_path / "w2" / "vq").is_dir() and (tmp_path / "w2" / "lm").is_dir()
+    assert warm == base != cold
+    with pytest.raises(ValueError, match="exclude"):
+        train_demo_model(tmp_path / "data", tmp_path / "x", tmp_path / "w4", config, start_from=tmp_path / "base",
+                         warm_start=tmp_path / "base")
 
 
 @pytest.mark.slow

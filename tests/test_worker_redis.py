@@ -62,6 +62,9 @@ def test_a_job_whose_worker_process_is_killed_finishes_after_redelivery(broker: 
         assert done.attempts == 2
         assert int(done.worker.rsplit(":", 1)[1]) != victim
         assert done.results.interpretation
+        # The study left the spool when its job ended (retention); with no PACS here, it is sent again.
+        node.spool.write(prior.StudyInstanceUID, prior.SeriesInstanceUID, prior.SOPInstanceUID,
+                         DEMO_PRIOR.read_bytes())
         second, _ = node.submit(NewJob(request_id="after", study_instance_uid=prior.StudyInstanceUID,
                                        hypothesis="The cardiomegaly improves.", sampler=node.default_sampler(),
                                        source="test"))

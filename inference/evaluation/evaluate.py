@@ -16,6 +16,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+from scipy import ndimage
 
 from inference.composition import baseline
 from inference.data.dataset import Dataset
@@ -73,6 +74,37 @@ def measurement_key(labels: dict) -> str:
     return f"{labels['finding']}_{labels['side']}" if labels["side"] else labels["finding"]
 
 
+DARKENING = frozenset({"pneumothorax"})
+"""Findings that make their region darker as they worsen (air); every other finding makes it denser."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How a record's finding is read from an image, and where the image may not change.
+
+    A phantom record is measured in the phantom's analytic regions. A record on a real film is measured where
+    its simulated finding was drawn (the record's change mask): the mean signed change there, so a change
+    elsewhere (another lung, the whole film darkening) neither counts for nor against the finding.
+    """
+
+    measure: Callable[[np.ndarray], float]
+    keep: np.ndarray
+    """Pixels outside the change, where the result should equal the prior."""
+
+
+def measurement(dataset: Dataset, entry: dict) -> Measurement:
+    labels, plan = entry["labels"], dataset.plan(entry)
+    size = dataset.size
+    if "change-mask" in entry:
+        region = dataset.image(entry, "change-mask") > 0.5
+        sign = -1.0 if labels["finding"] in DARKENING else 1.0
+        touched = ndimage.binary_dilation(region, iterations=max(1, size // 64))
+        return Measurement(lambda image: sign * float(image[region].mean()) if region.any() else 0.0, ~touched)
+    key = measurement_key(labels)
+    return Measurement(lambda image: measure_findings(image, plan.anatomy)[key],
+                       ~finding_mask(plan.anatomy, plan.prior, plan.followup, size))
+
+
 def _one_grade_steps(dataset: Dataset, records: list[dict]) -> dict[str, float]:
     """Typical measured change per severity grade, per finding, from the ground-truth pairs."""
     changes: dict[str, list[float]] = {}
@@ -81,10 +113,8 @@ def _one_grade_steps(dataset: Dataset, records: list[dict]) -> dict[str, float]:
         grades = abs(labels["followup_severity"] - labels["prior_severity"])
         if grades == 0:
             continue
-        anatomy = dataset.plan(entry).anatomy
-        prior, follow = dataset.image(entry, "prior"), dataset.image(entry, "follow-up")
-        key = measurement_key(labels)
-        delta = measure_findings(follow, anatomy)[key] - measure_findings(prior, anatomy)[key]
+        measure = measurement(dataset, entry).measure
+        delta = measure(dataset.image(entry, "follow-up")) - measure(dataset.image(entry, "prior"))
         changes.setdefault(labels["finding"], []).append(abs(delta) / grades)
     return {finding: float(np.median(values)) for finding, values in changes.items()}
 
@@ -94,15 +124,14 @@ def _evaluate_setting(pipeline: CounterfactualPipeline, dataset: Dataset, record
                       progress: Callable[[int, int], None] | None) -> tuple[list[Outcome], list]:
     outcomes, examples = [], []
     for i, entry in enumerate(records):
-        labels, plan = entry["labels"], dataset.plan(entry)
+        labels, measured = entry["labels"], measurement(dataset, entry)
         prior, follow = dataset.image(entry, "prior"), dataset.image(entry, "follow-up")
         result = pipeline.run(prior, entry["progression-description"], settings)
-        key = measurement_key(labels)
         reference = baseline(prior, result.prior_reconstruction, result.composition)
-        change = measure_findings(result.image, plan.anatomy)[key] - measure_findings(reference, plan.anatomy)[key]
-        expected = measure_findings(follow, plan.anatomy)[key] - measure_findings(prior, plan.anatomy)[key]
+        change = measured.measure(result.image) - measured.measure(reference)
+        expected = measured.measure(follow) - measured.measure(prior)
         step = steps.get(labels["finding"], abs(expected) or 1.0)
-        keep = ~finding_mask(plan.anatomy, plan.prior, plan.followup, prior.shape[0])
+        keep = measured.keep
         outcomes.append(Outcome(
             entry["id"], labels["finding"], labels["direction"], entry["progression-description"],
             entry["changes-of-findings"], result.interpretation, change, expected, step,

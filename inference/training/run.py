@@ -64,6 +64,7 @@ class TrainConfig:
     vq_images: int = 8000
     """Images the VQ stage samples from (priors and follow-ups of the training split)."""
     version: str = "progemu-demo-0.3"
+    """The name the checkpoint reports; ``progemu train --version`` names a new one."""
 
 
 def _training_images(dataset: Dataset, limit: int) -> np.ndarray:
@@ -111,38 +112,52 @@ def _trained_stages(start_from: Path) -> tuple[SmallVQVAE, Emu3ForCausalLM]:
     return model.vision.module, model.generator
 
 
+def _description(dataset: Dataset) -> str:
+    """What the checkpoint was trained on, in the words an auditor reads in its ``progemu.json``."""
+    real = sum(r["id"].startswith("real-") for r in dataset.split("train"))
+    images = ("simulated findings on real chest radiographs (NIH ChestX-ray14 samples) and synthetic phantoms"
+              if real else "synthetic chest phantoms")
+    return f"Small ProgEmu-architecture demo model trained on {images}. Not for clinical use."
+
+
 def train_demo_model(data: Path, out: Path, work: Path, config: TrainConfig, *, start_from: Path | None = None,
-                     progress: Progress | None = None) -> str:
+                     warm_start: Path | None = None, progress: Progress | None = None) -> str:
     """Train the stages on ``data`` and write a loadable checkpoint to ``out``; return its identity.
 
     ``start_from`` takes the VQ tokenizer and language model from a checkpoint of this recipe and runs
-    only the refine stage.
+    only the refine stage. ``warm_start`` runs every stage, each starting from that checkpoint's weights
+    instead of random ones: how a model moves to new images (real films) without learning the sequence,
+    the text and the codebook again from nothing.
     """
+    if start_from is not None and warm_start is not None:
+        raise ValueError("start_from and warm_start exclude each other")
     dataset = Dataset.open(data)
     work.mkdir(parents=True, exist_ok=True)
-    recorded = {**asdict(config), "start_from": str(start_from) if start_from else None}
+    recorded = {**asdict(config), "start_from": str(start_from) if start_from else None,
+                "warm_start": str(warm_start) if warm_start else None}
     (work / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
 
     def report(stage: str) -> Callable[[int, int, float], None] | None:
         return (lambda s, n, loss: progress(stage, s, n, loss)) if progress else None
 
+    initial_vq, initial_lm = _trained_stages(warm_start) if warm_start is not None else (None, None)
     if start_from is not None:
         vq, lm = _trained_stages(start_from)
     else:
-        vq = train_vq(_training_images(dataset, config.vq_images), config.vq, work / "vq", progress=report("vq"))
+        vq = train_vq(_training_images(dataset, config.vq_images), config.vq, work / "vq", initial=initial_vq,
+                      progress=report("vq"))
     pairs = _tokenise(dataset, vq, work / "codes.npz")
     log.info("tokenised %d training pairs", len(pairs))
     tokenizer = build_byte_tokenizer(vq.config.codebook_size)
     prompts = PromptBuilder(TokenLayout.from_tokenizer(tokenizer, vq.config.codebook_size), tokenizer)
     if start_from is None:
-        lm = train_language_model(pairs, prompts, len(tokenizer), config.lm, work / "lm", progress=report("lm"))
+        lm = train_language_model(pairs, prompts, len(tokenizer), config.lm, work / "lm", initial=initial_lm,
+                                  progress=report("lm"))
     if config.refine.steps > 0:
         lm = train_language_model(pairs, prompts, len(tokenizer), config.refine.lm_config(config.lm), work / "refine",
                                   initial=lm, stage="refine", progress=report("refine"))
     spec = ModelSpec(name="ProgEmu", version=config.version, image_size=dataset.size,
-                     max_text_tokens=config.lm.max_text_tokens,
-                     description="Small ProgEmu-architecture demo model trained on synthetic chest phantoms. "
-                                 "Not for clinical use.")
+                     max_text_tokens=config.lm.max_text_tokens, description=_description(dataset))
     if out.exists():
         shutil.rmtree(out)
     vq.save(out / SMALL_VQ_DIR)

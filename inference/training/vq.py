@@ -8,6 +8,7 @@ restarted on current encoder outputs.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,22 +48,26 @@ def _restart_dead_codes(model: SmallVQVAE, usage: torch.Tensor, latents: torch.T
     return int(dead.numel())
 
 
-def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
+def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *, initial: SmallVQVAE | None = None,
              progress: Callable[[int, int, float], None] | None = None) -> SmallVQVAE:
-    """Train (or resume) on float32 images [N, H, W] in [0, 1]."""
+    """Train (or resume) on float32 images [N, H, W] in [0, 1].
+
+    With ``initial`` this fine-tunes a copy of that tokenizer (its architecture wins over the config's) and keeps
+    its codebook: only codes the new images leave unused are restarted.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / "vq_state.pt"
     torch.manual_seed(config.seed)
-    model = SmallVQVAE(config.model).train()
+    model = (copy.deepcopy(initial) if initial is not None else SmallVQVAE(config.model)).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     start = resume(state_path, model, optimiser)
     stage_log = StageLog(work_dir, "vq", "mse", "VQ tokenizer: reconstruction MSE", config.steps, start, progress)
-    usage = torch.zeros(config.model.codebook_size)
+    usage = torch.zeros(model.config.codebook_size)
     for step in range(start, config.steps):
         rng = np.random.default_rng([config.seed, step])
         batch = torch.from_numpy(images[rng.integers(0, len(images), size=config.batch_size)])[:, None]
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        if step == 0:
+        if step == 0 and initial is None:
             with torch.no_grad():
                 _restart_dead_codes(model, torch.zeros_like(usage), model.encode_latents(batch), generator)
         lr = config.learning_rate * (0.1 + 0.9 * (1 - step / config.steps))
@@ -73,7 +78,7 @@ def train_vq(images: np.ndarray, config: VQTrainConfig, work_dir: Path, *,
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        usage += torch.bincount(codes.flatten(), minlength=config.model.codebook_size).float()
+        usage += torch.bincount(codes.flatten(), minlength=model.config.codebook_size).float()
         if (step + 1) % config.restart_every == 0 and step + 1 < config.steps * 0.8:
             with torch.no_grad():
                 restarted = _restart_dead_codes(model, usage, model.encode_latents(batch), generator)

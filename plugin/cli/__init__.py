@@ -2,8 +2,9 @@
 
 Families register their subcommands and handlers (``counterfactual``: running one; ``node``: the DICOM node;
 ``model_tools``: ONNX export, checkpoint conversion and calibration; ``training``: data, training and evaluation;
-``database``: job store migrations). Anything
-that pulls in torch, transformers or onnx is imported inside a handler, so that ``progemu --help`` stays fast.
+``database``: job store migrations; ``clients``: the API's named clients; ``audit``: the audit trail's check and
+listing). Anything that pulls in torch, transformers or onnx is imported inside a handler, so that
+``progemu --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from dicom_io.errors import DicomInputError
 from inference.errors import InferenceError
 from plugin import __version__
-from plugin.cli import counterfactual, database, model_tools, node, training
+from plugin.cli import audit, clients, counterfactual, database, model_tools, node, training
 from plugin.errors import PermanentError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"progemu-pacs {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (counterfactual, node, database, model_tools, training):
+    for family in (counterfactual, node, database, clients, audit, model_tools, training):
         family.register(commands)
     return parser
 

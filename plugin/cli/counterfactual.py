@@ -6,11 +6,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plugin.cli.options import GENERATION_FIELDS, add_settings_options, sampler, settings
 from plugin.cli.progress import StageBars
 from plugin.config import DEMO_PRIOR
 from plugin.errors import UsageError
+
+if TYPE_CHECKING:
+    import pydicom
 
 DEMO_HYPOTHESIS = "A moderate left pleural effusion has developed."
 
@@ -38,19 +42,30 @@ def _add_override(parser: argparse.ArgumentParser) -> None:
                              "the override and the prior's score are recorded in every output")
 
 
-def _run(args: argparse.Namespace) -> None:
-    from inference.model import quiet_transformers
-    from plugin.counterfactual import load_use_case, write_outputs
+def _read_prior(path: Path, max_pixels: int) -> pydicom.Dataset:
+    """The prior, read and checked before the model loads: a malformed file is refused at once, in one line."""
+    from dicom_io.reader import check_patient_record, read_prior
 
+    prior = read_prior(path, max_pixels=max_pixels)
+    check_patient_record(prior.dataset)
+    return prior.dataset
+
+
+def _run(args: argparse.Namespace) -> None:
     if not args.prior.is_file():
         raise UsageError(f"prior image {args.prior} does not exist")
     config = settings(args)
     request = sampler(args, config)
+    prior = _read_prior(args.prior, config.max_image_pixels)
+
+    from inference.model import quiet_transformers  # torch: only once the request is known to be good
+    from plugin.counterfactual import load_use_case, write_outputs
+
     started = time.perf_counter()
     quiet_transformers()
     service = load_use_case(config)
     with StageBars("tok", leave=False) as bars:
-        outputs = service.run(args.prior, args.hypothesis, request,
+        outputs = service.run(prior, args.hypothesis, request,
                               allow_out_of_distribution=args.allow_out_of_distribution,
                               progress=lambda done, total: bars("generating", done, total))
     paths = write_outputs(outputs, args.out)

@@ -102,7 +102,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     config = settings(args)
     quiet_transformers()
     size = _image_size(config.model_path)
-    priors = _dataset_priors(args.dataset) if args.dataset else _folder_priors(args.images, config.max_image_pixels)
+    priors = _dataset_priors(args.dataset) if args.dataset else folder_priors(args.images, config.max_image_pixels)
     squares = (to_square(pixels, size)[0] for pixels in itertools.islice(priors, args.limit))
     with StageBars("image") as bars:
         result = calibrate(config.model_path, squares, quantile=args.quantile, device=config.resolved_device(),
@@ -125,7 +125,7 @@ def _dataset_priors(directory: Path) -> Iterator[np.ndarray]:
         yield dataset.image(record, "prior")
 
 
-def _folder_priors(directory: Path, max_pixels: int) -> Iterator[np.ndarray]:
+def folder_priors(directory: Path, max_pixels: int) -> Iterator[np.ndarray]:
     """Every image in the folder as the node reads it: DICOM through the prior reader, PNG/JPEG as greyscale."""
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in {".dcm", ".png", ".jpg", ".jpeg"})
     if not files:

@@ -32,9 +32,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     config = settings(args)
-    if args.with_api and config.api_token is None:
-        raise UsageError("the REST API needs a bearer token: set PROGEMU_API_TOKEN (e.g. openssl rand -hex 32)")
-    from plugin.server import serve  # after the checks: a refusal needs no node code
+    from plugin.delivery import check_settings
+    from plugin.server import serve
+
+    check_settings(config)  # a node that could deliver nothing refuses to start
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop cleanly, as on Ctrl-C
     serve(config, with_api=args.with_api)
@@ -45,7 +46,10 @@ def _worker(args: argparse.Namespace) -> None:
     if not config.broker_url:
         raise UsageError("`progemu worker` needs a broker: set PROGEMU_BROKER_URL (redis://… or amqp://…); "
                          "without one, `progemu serve` runs its own worker")
+    from plugin.delivery import check_settings
     from plugin.tasks import configure
+
+    check_settings(config)
 
     app = configure(config)
     app.worker_main(["worker", "--queues", ",".join(config.worker_queues), "--concurrency",

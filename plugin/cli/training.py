@@ -42,8 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="language-model stage: loss weight of follow-up codes that differ from the prior's "
                             "(default 1: a plain mean)")
     train.add_argument("--refine-steps", type=int, help="steps of the weighted refine stage (0 skips it)")
-    train.add_argument("--from", dest="start_from", type=Path, metavar="CHECKPOINT",
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="start_from", type=Path, metavar="CHECKPOINT",
                        help="take the VQ tokenizer and language model from this trained checkpoint; refine only")
+    start.add_argument("--warm-start", type=Path, metavar="CHECKPOINT",
+                       help="run every stage, each starting from this trained checkpoint's weights")
+    train.add_argument("--version", help="the version the checkpoint reports (default: the recipe's)")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=_train)
 
@@ -87,7 +91,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         lm=dataclasses.replace(config.lm, steps=args.lm_steps or config.lm.steps, seed=args.seed,
                                changed_token_weight=weight),
         refine=config.refine if args.refine_steps is None else dataclasses.replace(config.refine,
-                                                                                   steps=args.refine_steps))
+                                                                                   steps=args.refine_steps),
+        version=args.version or config.version)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -97,7 +102,8 @@ def _train(args: argparse.Namespace) -> None:
     work = args.work or args.out.with_name(args.out.name + ".work")
     started = time.perf_counter()
     with StageBars() as bars:
-        identity = train_demo_model(args.data, args.out, work, config, start_from=args.start_from, progress=bars)
+        identity = train_demo_model(args.data, args.out, work, config, start_from=args.start_from,
+                                    warm_start=args.warm_start, progress=bars)
     print(f"trained {args.out} in {(time.perf_counter() - started) / 60:.1f} min (checkpoint sha256 {identity}); "
           f"loss curves in {work}")
 

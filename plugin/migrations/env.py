@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import plugin.clients  # noqa: F401 - puts api_clients (rev 0003) on Base.metadata
 from plugin.jobs import Base
 
 connection = context.config.attributes.get("connection")

@@ -349,7 +349,8 @@
     var button = $('#progemu-submit').prop('disabled', true).text('Submitting\u2026');
     $.ajax({
       url: API + '/studies/' + study + '/counterfactuals', type: 'POST', dataType: 'json', cache: false,
-      contentType: 'application/json', data: JSON.stringify(body),
+      // the plugin refuses a POST without both: what keeps another site's form from submitting as the user
+      contentType: 'application/json', headers: {'X-Requested-With': 'progemu'}, data: JSON.stringify(body),
       success: function (job) { follow(job); loadHistory(); },
       error: function (xhr) { showError(errorText(xhr)); },
       complete: function () { button.prop('disabled', false).text('Submit'); }

@@ -5,6 +5,12 @@ It validates what the radiologist typed, relays it to the node's REST API with t
 token (which never reaches the browser), and maps every failure to a 4xx/502 with a one-sentence
 ``detail``: an uncaught exception would become a bare 500 without explanation.
 
+Cross-site requests: the routes sit behind Orthanc's Basic authentication, which a browser replays for any
+page, so a POST must prove it comes from the Explorer form (:func:`_refuse_cross_site`): a JSON content type
+and a custom header, neither of which a cross-site form can send without a CORS preflight that Orthanc never
+grants, and no foreign Origin. The job names the Orthanc user who asked (``requester``), taken from the Basic
+credentials Orthanc has already checked.
+
 Configuration: the ``ProgEmu`` section of Orthanc's configuration (see docker/orthanc/orthanc.json),
 read by :func:`register`, which adds the routes and the form to Orthanc. Orthanc's import of this file
 calls it (see the end); a test's import, with a stand-in ``orthanc`` module, does not.
@@ -13,6 +19,7 @@ Nothing about the patient (tags, hypothesis text) goes into the log.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import math
@@ -30,7 +37,9 @@ import orthanc
 
 ORTHANC_ID = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"
 JOB_ID = r"[A-Za-z0-9_-]{1,64}"
-REQUESTER = "orthanc-explorer"
+JSON = "application/json"
+# what explorer.js sends with every POST: a header a cross-site form cannot add without a CORS preflight
+FORM_HEADER, FORM_HEADER_VALUE = "X-Requested-With", "progemu"
 MAX_CFG_SCALE = 30.0
 MAX_BODY_BYTES = 64 * 1024
 BODY_FIELDS = {"hypothesis", "seed", "cfg_scale", "allow_out_of_distribution"}
@@ -109,6 +118,16 @@ class Settings:
     default_cfg_scale: float | None = None
     max_length: int = 500
     suggestions: tuple[str, ...] = DEFAULT_SUGGESTIONS
+    # Orthanc's RegisteredUsers when it checks them (AuthenticationEnabled): only these are named as requester
+    users: frozenset[str] = frozenset()
+
+
+def _checked_users(config: dict[str, Any]) -> frozenset[str]:
+    """The users whose Basic credentials Orthanc checks before calling a route: none unless authentication is on."""
+    users = config.get("RegisteredUsers")
+    if config.get("AuthenticationEnabled") is not True or not isinstance(users, dict):
+        return frozenset()
+    return frozenset(user for user in users if isinstance(user, str) and user)
 
 
 def load_settings(config: dict[str, Any]) -> Settings:
@@ -128,6 +147,7 @@ def load_settings(config: dict[str, Any]) -> Settings:
         default_cfg_scale=_number(section, "DefaultGuidanceScale", float, None, 0, MAX_CFG_SCALE),
         max_length=_number(section, "MaxHypothesisLength", int, Settings.max_length, 1),
         suggestions=tuple(s.strip() for s in suggestions),
+        users=_checked_users(config),
     )
 
 
@@ -154,8 +174,53 @@ def _send(output: Any, status: int, payload: Any) -> None:
         output.SendHttpStatusCode(status)
 
 
+def _headers(request: dict) -> dict[str, str]:
+    """The request's headers by lower-case name (orthanc-python passes them lower-cased already)."""
+    return {str(name).lower(): str(value) for name, value in (request.get("headers") or {}).items()}
+
+
+def _host_port(netloc: str, default: int) -> tuple[str, int] | None:
+    parts = urllib.parse.urlsplit(f"//{netloc}")
+    try:
+        return (parts.hostname, parts.port or default) if parts.hostname else None
+    except ValueError:  # a port that is not a number
+        return None
+
+
+def _same_origin(origin: str, hosts: list[str]) -> bool:
+    """Whether the browser's Origin is this Orthanc: the Host it was asked by (or a proxy's X-Forwarded-Host)."""
+    parts = urllib.parse.urlsplit(origin)
+    if parts.scheme not in ("http", "https") or parts.path or parts.query:
+        return False
+    default = 443 if parts.scheme == "https" else 80
+    own = _host_port(parts.netloc, default)
+    return own is not None and any(_host_port(host.strip(), default) == own for host in hosts if host.strip())
+
+
+def _refuse_cross_site(request: dict) -> None:
+    """Refuse a POST that may come from another site riding on the user's Basic credentials (CSRF).
+
+    A cross-site HTML form or a "simple" fetch can only send text/plain or form content types and no custom
+    header; anything more needs a CORS preflight, which Orthanc does not grant. A foreign Origin or a
+    cross-site Sec-Fetch-Site is refused outright.
+    """
+    headers = _headers(request)
+    origin = headers.get("origin")
+    if origin is not None and not _same_origin(origin, [headers.get("host", ""),
+                                                         *headers.get("x-forwarded-host", "").split(",")]):
+        raise Problem(403, "cross-site request refused: it comes from another site than this Orthanc")
+    if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise Problem(403, "cross-site request refused: it comes from another site than this Orthanc")
+    if headers.get("content-type", "").partition(";")[0].strip().lower() != JSON:
+        raise Problem(415, f"the request body must be sent as {JSON}")
+    if headers.get(FORM_HEADER.lower()) != FORM_HEADER_VALUE:
+        raise Problem(403, f"request refused: it lacks the {FORM_HEADER}: {FORM_HEADER_VALUE} header "
+                           "that the ProgEmu form sends")
+
+
 def route(methods: str):
-    """Wrap a handler: method check, then any failure answered as a status with a ``detail``."""
+    """Wrap a handler: method check, a cross-site check of anything but GET, then any failure answered as a
+    status with a ``detail``."""
     allowed = set(methods.split(","))
 
     def wrap(handler):
@@ -164,6 +229,8 @@ def route(methods: str):
                 output.SendMethodNotAllowed(methods)
                 return
             try:
+                if request.get("method") != "GET":
+                    _refuse_cross_site(request)
                 status, payload = handler(request)
             except Problem as problem:
                 status, payload = problem.status, {"detail": problem.detail}
@@ -261,6 +328,19 @@ def _outputs(results: Any) -> list[dict[str, Any]]:
                        "(are the node and the plugin the same version?)")
 
 
+def requester(request: dict) -> str | None:
+    """The Orthanc user who asked: the Basic credentials' user name, when Orthanc checked them (a user of
+    RegisteredUsers with AuthenticationEnabled). None otherwise: an unchecked name is not named."""
+    scheme, _, credentials = _headers(request).get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")[0]
+    except ValueError:  # binascii.Error and UnicodeDecodeError included
+        return None
+    return user if user in SETTINGS.users else None
+
+
 # --- validation ----------------------------------------------------------------------------------
 
 def _json_body(request: dict) -> dict:
@@ -325,9 +405,11 @@ def study_counterfactuals(request: dict) -> tuple[int, Any]:
             raise Problem(400, "limit must be a whole number from 1 to 1000")
         query = urllib.parse.urlencode({"study_instance_uid": study_uid, "limit": limit})
         return _node("GET", f"/v1/counterfactuals?{query}")
-    body = validate(_json_body(request))
-    status, job = _node("POST", "/v1/counterfactuals",
-                        {**body, "study_instance_uid": study_uid, "requester": REQUESTER})
+    body = {**validate(_json_body(request)), "study_instance_uid": study_uid}
+    user = requester(request)
+    if user is not None:
+        body["requester"] = user  # the node records it under the plugin's client (its on-behalf scope)
+    status, job = _node("POST", "/v1/counterfactuals", body)
     orthanc.LogInfo(f"ProgEmu: counterfactual job {job.get('id')} requested ({status})")
     return status, job
 

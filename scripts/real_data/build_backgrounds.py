@@ -62,7 +62,7 @@ class BuildError(Exception):
     """A reason to stop: the message says what is wrong and what to pass instead."""
 
 
-def _git(root: Path, *args: str) -> str | None:
+def git_output(root: Path, *args: str) -> str | None:
     done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else None
 
@@ -78,8 +78,8 @@ class RepoFiles:
         if not root.is_dir():
             raise BuildError(f"--{source.option} {root}: no such directory (a clone or bare mirror of {source.url})")
         self.root, self.source = root, source
-        bare = _git(root, "rev-parse", "--is-bare-repository") == "true"
-        top = _git(root, "rev-parse", "--show-toplevel")
+        bare = git_output(root, "rev-parse", "--is-bare-repository") == "true"
+        top = git_output(root, "rev-parse", "--show-toplevel")
         self.git = bare or (top is not None and Path(top).resolve() == root.resolve())
         self._batch: subprocess.Popen[bytes] | None = None
 
@@ -116,7 +116,7 @@ class RepoFiles:
     def list(self, folder: str) -> list[str]:
         """Paths of the files under ``folder``, sorted."""
         if self.git:
-            names = _git(self.root, "ls-tree", "-r", "--name-only", "HEAD", "--", folder)
+            names = git_output(self.root, "ls-tree", "-r", "--name-only", "HEAD", "--", folder)
             if names is None:
                 raise BuildError(f"--{self.source.option} {self.root}: git ls-tree failed")
             return sorted(names.splitlines())

@@ -8,6 +8,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+TEST_PHI: tuple[str, ...] = (
+    "DOE^JANE", "MRN-778899", "19510203",  # tests/test_cli.py
+    "MRN-998877", "19451231",  # tests/test_node.py, tests/test_retention.py
+    "MRN12345", "19610203",  # tests/test_reader.py
+    "PHANTOM^CHEST", "PHANTOM-0001", "19700101",  # dicom_io.synthetic.build_synthetic_image's defaults
+    "PHANTOM^DEMO", "PHANTOM-DEMO-0001",  # the shipped demo prior, which tests/support/studies.py copies
+    "PHANTOM^X", "SC-TEST-1", "SR-TEST-1", "RP-TEST-1", "FHIR-TEST-1",  # single tests' priors
+    "FUZZ^PRIOR", "FUZZ-0001",  # benchmarks/reliability.py's priors, which tests mutate
+)
+"""Patient names, IDs and birth dates that tests write into DICOM objects: none may reach a log record.
+
+tests/conftest.py checks every record of a test session against them.
+"""
+
 
 def chest_pixels(rows: int = 200, columns: int = 160, bits: int = 12) -> np.ndarray:
     """A smooth chest-like pattern with a bright centre and darker lung fields."""

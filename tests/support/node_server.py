@@ -12,7 +12,7 @@ import httpx
 from tests.support.net import free_port, stop_process, wait_for
 
 BIN = Path(sys.executable).parent
-API_TOKEN = "node-test-token"
+API_TOKEN = "node-test-token-0123456789abcdefghij"
 
 
 class NodeServer:
