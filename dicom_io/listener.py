@@ -366,6 +366,18 @@ class Listener:
         event.assoc.acse.send_reject(*_REJECT_UNKNOWN_CALLER)
         event.assoc.kill()  # as pynetdicom's own rejection does: lets the DUL flush the A-ASSOCIATE-RJ
 
+    def _on_transition(self, event: evt.Event) -> None:
+        """A connection that closes before its association is established frees its slot at once.
+
+        pynetdicom's acceptor waits up to the ACSE timeout for an A-ASSOCIATE-RQ primitive, even after the
+        connection is gone (its state machine back in Sta1, after a malformed PDU, an abort or our rejection), and
+        meanwhile the association keeps one of the ``max_associations`` slots: a stream of malformed connections,
+        one a second, kept every slot taken and locked every peer out. An empty hand-over ends that wait (pynetdicom
+        reads it as the timeout it was waiting for: it kills the association and closes the connection).
+        """
+        if event.next_state == "Sta1" and not event.assoc.is_established:
+            event.assoc.dul.to_user_queue.put(None)
+
     def _on_accepted(self, event: evt.Event) -> None:
         _associated(event.assoc, self.config.network_timeout)
         self._tell(AssociationAttempt(event.assoc.requestor.ae_title.strip(), event.assoc.requestor.address, True))
@@ -473,7 +485,7 @@ class Listener:
             ssl_context = tls_server_context(self.config.tls_cert, self.config.tls_key, self.config.tls_ca)
         handlers: list[evt.EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_FSM_TRANSITION, self._on_transition),
             (evt.EVT_PDU_RECV, self._on_pdu), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
         server = cast(_Server, self._application_entity().make_server(
             (self.config.host, self.config.port), ssl_context=ssl_context, evt_handlers=handlers, server_class=_Server,

@@ -518,3 +518,17 @@ def test_a_study_belongs_to_its_first_sender(tmp_path: Path) -> None:
         planted = _image(study, SeriesInstanceUID=generate_uid())
         assert _pynetdicom_store(node.port, planted, calling="OTHER") == NOT_AUTHORIZED
         assert len(node.spool.instances(study)) == 1
+
+
+@pytest.mark.integration
+def test_a_connection_closed_before_associating_frees_its_slot_at_once(tmp_path: Path) -> None:
+    """pynetdicom kept such a connection's association slot for the whole ACSE timeout: with one slot, a malformed
+    request a second would have locked every peer out."""
+    with Running(tmp_path, max_associations=1, acse_timeout=10.0) as node:
+        for payload in (b"\x01\x00" + struct.pack(">I", 20) + bytes(20), b"\xff\x00" + struct.pack(">I", 4) + b"junk"):
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+                sock.sendall(payload)
+            started = time.monotonic()
+            result = _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
+            assert result.returncode == 0, result.stderr
+            assert time.monotonic() - started < 5  # not the ACSE timeout
