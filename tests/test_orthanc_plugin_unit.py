@@ -134,10 +134,13 @@ class FakeNode:
         answer = self.answers[request.get_method(), request.full_url.removeprefix(NODE_URL).split("?")[0]]
         if isinstance(answer, BaseException):
             raise answer
-        status, payload = answer
+        status, payload, *extra = answer
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         if status >= 400:
-            raise urllib.error.HTTPError(request.full_url, status, "error", email.message.Message(), io.BytesIO(body))
+            headers = email.message.Message()
+            for name, value in (extra[0] if extra else {}).items():
+                headers[name] = value
+            raise urllib.error.HTTPError(request.full_url, status, "error", headers, io.BytesIO(body))
         response = io.BytesIO(body)
         response.status = status
         return response
@@ -532,6 +535,9 @@ def test_the_post_names_the_orthanc_user_orthanc_checked(load: Callable, orthanc
                  f"the ProgEmu node at {NODE_URL} refused the plugin's token (check ProgEmu.Token)", id="401"),
     pytest.param(403, b"", 502, f"the ProgEmu node at {NODE_URL} refused the plugin's token (check ProgEmu.Token)",
                  id="403"),
+    pytest.param(403, {"detail": "this client lacks the on-behalf scope"}, 502,
+                 "the ProgEmu node refused the plugin's client: this client lacks the on-behalf scope (check the "
+                 "scopes of the client whose token is ProgEmu.Token)", id="403-scope"),
     pytest.param(404, {"detail": "no counterfactual request with this id"}, 404,
                  "no counterfactual request with this id", id="404-with-detail"),
     pytest.param(404, b"<html>", 404, "the ProgEmu node does not know this", id="404-without-detail"),
@@ -550,6 +556,15 @@ def test_node_answers_map_to_a_status_and_a_sentence(plugin: types.ModuleType, o
     node.answers["GET", f"/v1/counterfactuals/{JOB_ID}"] = (status, payload)
     answer = call(orthanc, "GET", f"/progemu/counterfactuals/{JOB_ID}")
     assert (answer.status, answer.json()) == (expected_status, {"detail": expected_detail})
+
+
+def test_a_quota_reaches_the_user_as_429_with_when_to_try_again(plugin: types.ModuleType, orthanc: FakeOrthanc,
+                                                                node: FakeNode) -> None:
+    node.answers["GET", f"/v1/counterfactuals/{JOB_ID}"] = (
+        429, {"detail": "this client has 20 requests waiting or running"}, {"Retry-After": "60"})
+    answer = call(orthanc, "GET", f"/progemu/counterfactuals/{JOB_ID}")
+    assert (answer.status, answer.json()) == (429, {"detail": "this client has 20 requests waiting or running"})
+    assert answer.headers["Retry-After"] == "60"
 
 
 @pytest.mark.parametrize(("error", "reason"), [

@@ -61,9 +61,9 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class Problem(Exception):
     """An answer other than success: HTTP status plus one sentence for the user."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers or {}
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -234,6 +234,8 @@ def route(methods: str):
                 status, payload = handler(request)
             except Problem as problem:
                 status, payload = problem.status, {"detail": problem.detail}
+                for name, value in problem.headers.items():
+                    output.SetHttpHeader(name, value)
             except Exception as exc:  # noqa: BLE001 - never a bare 500 without a reason
                 orthanc.LogWarning(f"ProgEmu: {request.get('method')} failed: {type(exc).__name__}")
                 status, payload = 502, {"detail": f"the ProgEmu plugin failed ({type(exc).__name__})"}
@@ -279,6 +281,7 @@ def _node(method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as error:
         status, detail = error.code, _detail(error)
+        retry_after = error.headers.get("Retry-After") if error.headers else None
     except (OSError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
         orthanc.LogWarning(f"ProgEmu: {method} {path.split('?')[0]} -> node unreachable ({type(exc).__name__})")
         raise Problem(502, f"the ProgEmu node at {url} is not reachable ({_reason(exc)})") from None
@@ -289,8 +292,14 @@ def _node(method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
             raise Problem(502, f"the ProgEmu node at {url} answered {status} without JSON") from None
     log = orthanc.LogInfo if status in (404, 422) else orthanc.LogWarning
     log(f"ProgEmu: {method} {path.split('?')[0]} -> node answered {status}")
-    if status in (401, 403):
+    if status == 401 or (status == 403 and not detail):
         raise Problem(502, f"the ProgEmu node at {url} refused the plugin's token (check ProgEmu.Token)")
+    if status == 403:  # the token is good, its client may not do this (a scope it lacks)
+        raise Problem(502, f"the ProgEmu node refused the plugin's client: {detail} (check the scopes of the "
+                           "client whose token is ProgEmu.Token)")
+    if status == 429:  # a quota: the user may try again, and when
+        raise Problem(429, detail or "the ProgEmu node is busy: try again later",
+                      {"Retry-After": retry_after} if retry_after and retry_after.isdigit() else None)
     if status == 404:
         raise Problem(404, detail or "the ProgEmu node does not know this")
     if 400 <= status < 500:
