@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 
 from dicom_io.fhir import build_fhir_bundle
 from dicom_io.geometry import from_square, to_square
-from dicom_io.reader import check_patient_record, read_prior
+from dicom_io.reader import PriorImage, check_patient_record, read_prior
 from dicom_io.records import AlgorithmRecord, ConsistencyCheck, CounterfactualText, ResultChecks
 from dicom_io.report_page import build_report_page
 from dicom_io.sc import build_counterfactual_sc
@@ -91,7 +91,8 @@ class CounterfactualUseCase:
         self.pipeline = pipeline
         self.config = config
 
-    def run(self, prior_source: str | os.PathLike | pydicom.Dataset, hypothesis: str, settings: SamplerSettings,
+    def run(self, prior_source: str | os.PathLike | pydicom.Dataset | PriorImage, hypothesis: str,
+            settings: SamplerSettings,
             *, allow_out_of_distribution: bool = False, progress: ProgressCallback | None = None,
             cancel: CancelCheck | None = None) -> CounterfactualOutputs:
         """Gate the prior, generate, check the result against the hypothesis, and build every output.
@@ -99,8 +100,11 @@ class CounterfactualUseCase:
         Raises InputRefused (before any generation) for a prior the model cannot stand behind; a result that
         fails the consistency check is still returned, marked as such in every output.
         """
-        prior = read_prior(prior_source, max_pixels=self.config.max_image_pixels)
-        check_patient_record(prior.dataset)  # the outputs copy these: refused now, not after generating
+        if isinstance(prior_source, PriorImage):  # read and checked already (the CLI does, before the model loads)
+            prior = prior_source
+        else:
+            prior = read_prior(prior_source, max_pixels=self.config.max_image_pixels)
+            check_patient_record(prior.dataset)  # the outputs copy these: refused now, not after generating
         check_header(prior.geometry, body_parts=self.config.gate_body_parts,
                      view_positions=self.config.gate_view_positions)
         square, box = to_square(prior.pixels, self.pipeline.image_size)

@@ -14,7 +14,7 @@ from plugin.config import DEMO_PRIOR
 from plugin.errors import UsageError
 
 if TYPE_CHECKING:
-    import pydicom
+    from dicom_io.reader import PriorImage
 
 DEMO_HYPOTHESIS = "A moderate left pleural effusion has developed."
 
@@ -42,13 +42,13 @@ def _add_override(parser: argparse.ArgumentParser) -> None:
                              "the override and the prior's score are recorded in every output")
 
 
-def _read_prior(path: Path, max_pixels: int) -> pydicom.Dataset:
+def _read_prior(path: Path, max_pixels: int) -> PriorImage:
     """The prior, read and checked before the model loads: a malformed file is refused at once, in one line."""
     from dicom_io.reader import check_patient_record, read_prior
 
     prior = read_prior(path, max_pixels=max_pixels)
     check_patient_record(prior.dataset)
-    return prior.dataset
+    return prior
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -131,8 +131,12 @@ def folder_priors(directory: Path, max_pixels: int) -> Iterator[np.ndarray]:
     if not files:
         raise UsageError(f"{directory} holds no .dcm, .png or .jpg images")
     for path in files:
-        if path.suffix.lower() == ".dcm":
-            yield read_prior(path, max_pixels=max_pixels).pixels
-        else:
-            with Image.open(path) as image:
-                yield np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        yield image_pixels(path, max_pixels)
+
+
+def image_pixels(path: Path, max_pixels: int) -> np.ndarray:
+    """One image as the node reads it: DICOM through the prior reader, PNG/JPEG as greyscale in [0, 1]."""
+    if path.suffix.lower() == ".dcm":
+        return read_prior(path, max_pixels=max_pixels).pixels
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255.0

@@ -34,7 +34,7 @@ from dicom_io.geometry import to_square
 from inference.checkpoint import checkpoint_identity
 from inference.loading import load_pipeline
 from inference.model import quiet_transformers
-from plugin.cli.model_tools import folder_priors
+from plugin.cli.model_tools import image_pixels
 from plugin.cli.options import add_settings_options, settings
 from plugin.cli.progress import StageBars
 
@@ -102,14 +102,8 @@ def read_pixels(images: list[Image], max_pixels: int) -> Iterator[tuple[Image, n
 
 
 def _read(images: list[Image], max_pixels: int) -> Iterator[tuple[Image, np.ndarray]]:
-    by_file = {image.file.resolve(): image for image in images}
-    for directory in sorted({image.file.parent for image in images}):
-        # folder_priors walks the folder in this order; only its reading of each file is taken from it
-        files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in {".dcm", ".png", ".jpg", ".jpeg"})
-        for file, values in zip(files, folder_priors(directory, max_pixels), strict=True):
-            image = by_file.get(file.resolve())
-            if image is not None:
-                yield image, values
+    for image in images:
+        yield image, image_pixels(image.file, max_pixels)
 
 
 def percentile(values: list[float], q: float) -> float:
