@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pydicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes it at run time
 from pynetdicom.status import Status
@@ -242,13 +243,51 @@ def _associated(assoc: Association, network_timeout: float) -> None:
         connection.settimeout(network_timeout)
 
 
+def _end_acceptor_wait(assoc: Association) -> None:
+    """Free an association that will never be established at once, instead of after the ACSE timeout.
+
+    pynetdicom's acceptor waits up to the ACSE timeout for an A-ASSOCIATE-RQ primitive, even after its connection is
+    gone, and meanwhile the association keeps one of the ``max_associations`` slots: a stream of malformed
+    connections, one a second, kept every slot taken and locked every peer out. An empty hand-over ends that wait
+    (pynetdicom reads it as the timeout it was waiting for: it kills the association and closes the connection).
+    """
+    if not assoc.is_established:
+        assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]  # what receive_pdu returns on its timeout
+
+
+class _EndingDUL(DULServiceProvider):
+    """pynetdicom's DUL thread, which frees its association when it stops before one was established.
+
+    The DUL stops on its own when a PDU cannot be decoded or the peer resets the connection (it sends an A-ABORT and
+    returns), and dies when its state machine raises on a malformed PDU (an even presentation context ID: a
+    ValueError in AE-6). Neither goes through the state machine's return to Sta1 that ``Listener._on_transition``
+    watches, so without this each kept its slot for the ACSE timeout.
+    """
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - a malformed PDU must cost its own association only
+            log.warning("aborted a connection from %s: its PDU broke the DICOM upper layer (%s)",
+                        self.assoc.requestor.address, type(exc).__name__)
+        finally:
+            _end_acceptor_wait(self.assoc)
+
+
 class _RequestHandler(RequestHandler):
     """pynetdicom's handler, with the TLS handshake done here, in the connection's thread, within the ACSE timeout
-    (pynetdicom does it in the accept loop, where one silent client would stall every other)."""
+    (pynetdicom does it in the accept loop, where one silent client would stall every other), and a DUL that frees
+    its association when it stops early."""
 
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # pynetdicom builds the DUL inside Association() and offers no factory for it; _EndingDUL only adds run()
+        assoc.dul.__class__ = _EndingDUL
+        return assoc
 
 
 class _Server(ThreadedAssociationServer):
@@ -367,16 +406,10 @@ class Listener:
         event.assoc.kill()  # as pynetdicom's own rejection does: lets the DUL flush the A-ASSOCIATE-RJ
 
     def _on_transition(self, event: evt.Event) -> None:
-        """A connection that closes before its association is established frees its slot at once.
-
-        pynetdicom's acceptor waits up to the ACSE timeout for an A-ASSOCIATE-RQ primitive, even after the
-        connection is gone (its state machine back in Sta1, after a malformed PDU, an abort or our rejection), and
-        meanwhile the association keeps one of the ``max_associations`` slots: a stream of malformed connections,
-        one a second, kept every slot taken and locked every peer out. An empty hand-over ends that wait (pynetdicom
-        reads it as the timeout it was waiting for: it kills the association and closes the connection).
-        """
-        if event.next_state == "Sta1" and not event.assoc.is_established:
-            event.assoc.dul.to_user_queue.put(None)
+        """A connection that closes before its association is established (its state machine back in Sta1, after a
+        malformed PDU, an abort or our rejection) frees its slot at once: see :func:`_end_acceptor_wait`."""
+        if event.next_state == "Sta1":
+            _end_acceptor_wait(event.assoc)
 
     def _on_accepted(self, event: evt.Event) -> None:
         _associated(event.assoc, self.config.network_timeout)
@@ -502,6 +535,11 @@ class Listener:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+    @property
+    def associations(self) -> int:
+        """Associations holding a slot now, established or still negotiating (at most ``max_associations``)."""
+        return len(self._server.ae.active_associations) if self._server is not None else 0
 
     def _poll(self) -> None:
         while not self._stop.wait(0.2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import socket
@@ -22,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 from pynetdicom.status import STATUS_FAILURE, STORAGE_SERVICE_CLASS_STATUS
 
+from benchmarks.reliability import associate_rq
 from dicom_io.completion import StudyArrival
 from dicom_io.listener import (
     CANNOT_UNDERSTAND,
@@ -524,11 +526,34 @@ def test_a_study_belongs_to_its_first_sender(tmp_path: Path) -> None:
 def test_a_connection_closed_before_associating_frees_its_slot_at_once(tmp_path: Path) -> None:
     """pynetdicom kept such a connection's association slot for the whole ACSE timeout: with one slot, a malformed
     request a second would have locked every peer out."""
+    malformed = [b"\x01\x00" + struct.pack(">I", 20) + bytes(20),  # closed by the state machine
+                 b"\xff\x00" + struct.pack(">I", 4) + b"junk",
+                 _even_context_id(associate_rq())]  # kills pynetdicom's DUL thread (a ValueError in AE-6)
     with Running(tmp_path, max_associations=1, acse_timeout=10.0) as node:
-        for payload in (b"\x01\x00" + struct.pack(">I", 20) + bytes(20), b"\xff\x00" + struct.pack(">I", 4) + b"junk"):
-            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
-                sock.sendall(payload)
-            started = time.monotonic()
+
+        def echo_once_freed() -> None:
+            wait_for(lambda: node.listener.associations == 0, 5, "the slot to be freed")  # not the ACSE timeout
             result = _dcmtk("echoscu", "-aet", "STORESCU", "-aec", "PROGEMU", "127.0.0.1", str(node.port))
             assert result.returncode == 0, result.stderr
-            assert time.monotonic() - started < 5  # not the ACSE timeout
+
+        for payload in malformed:
+            with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+                sock.sendall(payload)
+                with contextlib.suppress(OSError):
+                    sock.recv(1)  # the listener's answer (an A-ABORT), or its close: it has taken the PDU up
+            echo_once_freed()
+        # a reset in mid-PDU: pynetdicom's DUL stops on the error, outside its state machine
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+            sock.sendall(b"\x01\x00\x00")
+            wait_for(lambda: node.listener.associations == 1, 5, "the listener to take the connection up")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        echo_once_freed()
+
+
+def _even_context_id(request: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ whose first presentation context has an even ID, which PS3.8 9.3.2.2 forbids."""
+    data, at = bytearray(request), 74  # the PDU header, protocol version, AE titles and reserved bytes (PS3.8 9.3.2)
+    while data[at] != 0x20:  # skip the application context item to the first presentation context item
+        at += 4 + struct.unpack(">H", data[at + 2:at + 4])[0]
+    data[at + 4] = 2
+    return bytes(data)
