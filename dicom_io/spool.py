@@ -80,7 +80,7 @@ class Spool:
 
     def __init__(self, root: Path, max_bytes: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
@@ -209,17 +209,18 @@ def _stats(paths: Iterable[Path]) -> list[os.stat_result]:
     return found
 
 
-def write_atomically(target: Path, write: Callable[[BinaryIO], object], *, perms: int | None = None) -> None:
+def write_atomically(target: Path, write: Callable[[BinaryIO], object]) -> None:
     """Written, fsynced and renamed into place, then the rename made durable: a crash leaves the old file or
-    the new one, never a part (the spool answers success only after this).
+    the new one, never a part (the spool answers success only after this). The file is its owner's only (0600),
+    and so is a directory this creates for it (0700): both hold patient data.
 
     A write that fails (a full disk, often first noticed by the final flush) takes its part file with it:
     boltons' ``atomic_save`` removes it only when the error comes from inside the ``with`` block.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     part = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
     try:
-        with atomic_save(str(target), part_file=part.name, file_perms=perms) as stream:
+        with atomic_save(str(target), part_file=part.name, file_perms=0o600) as stream:
             write(stream)
     except BaseException:
         part.unlink(missing_ok=True)

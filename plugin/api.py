@@ -1,10 +1,10 @@
 """The REST API (FastAPI): create and follow counterfactual requests; health and readiness.
 
 Every route but /healthz and /readyz needs a client's bearer token (:mod:`plugin.clients`), and each /v1 route a
-scope: ``submit`` to create requests, ``read`` to read and list them. A request meets the checks cheapest and least
-trusting first: the body limit (``api_max_body_bytes``: 413 by Content-Length before anything else, or as a body
-without one streams past it), the token (401, before a byte of the body is read or parsed), the scope (403), the
-schema (422), the quotas (429 with Retry-After).
+scope: ``submit`` to create requests, ``read`` to read and list them; /metrics (Prometheus) needs ``metrics``.
+A request meets the checks cheapest and least trusting first: the body limit (``api_max_body_bytes``: 413 by
+Content-Length before anything else, or as a body without one streams past it), the token (401, before a byte of the
+body is read or parsed), the scope (403), the schema (422), the quotas (429 with Retry-After).
 
 The job's requester is the authenticated client's name. A client with the ``on-behalf`` scope (the Orthanc plugin)
 may name the end user it acts for in ``requester``; the job records ``<client>:<user>``. Any other client that sends
@@ -27,14 +27,16 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette import types as asgi
 from starlette.concurrency import run_in_threadpool
@@ -48,9 +50,15 @@ from plugin import __version__
 from plugin.clients import MAX_USER_CHARS, ApiClient, ClientStore, Scope
 from plugin.config import Settings
 from plugin.errors import RetrievalError, UsageError
+from plugin.internal_api import internal_routes
 from plugin.jobs import DeliveryState, JobState, JobView, NewJob
+from plugin.logs import RequestIds
+from plugin.metrics import node_registry
 from plugin.orchestrator import Orchestrator
 from plugin.results import PublicResults
+
+if TYPE_CHECKING:
+    from plugin.server import Dependency
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +218,7 @@ def needs(scope: Scope) -> Callable[..., ApiClient]:
 
 Submitter = Annotated[ApiClient, Depends(needs(Scope.SUBMIT))]
 Reader = Annotated[ApiClient, Depends(needs(Scope.READ))]
+MetricsReader = Annotated[ApiClient, Depends(needs(Scope.METRICS))]
 
 
 def legacy_token(config: Settings) -> str | None:
@@ -223,9 +232,10 @@ def legacy_token(config: Settings) -> str | None:
     return token
 
 
-def create_app(node: Orchestrator, *, readiness: Callable[[], list[str]] | None = None,
-               clients: ClientStore | None = None) -> FastAPI:
-    """The API over ``node``; ``readiness`` returns what is not ready (empty: ready).
+def create_app(node: Orchestrator, *, readiness: Callable[[], Mapping[str, Dependency]] | None = None,
+               clients: ClientStore | None = None, metrics: CollectorRegistry | None = None) -> FastAPI:
+    """The API over ``node``; ``readiness`` reports each dependency (the node is ready when every required one is
+    ok); ``metrics`` is what /metrics serves (default: the node's job store and disk, no broker).
 
     Refuses to build (UsageError) with a weak PROGEMU_API_TOKEN, or with neither that token nor an active client.
     """
@@ -251,6 +261,9 @@ def create_app(node: Orchestrator, *, readiness: Callable[[], list[str]] | None 
                   max_body_size=config.api_max_body_bytes,
                   description="Counterfactual chest X-ray requests (ProgEmu). Synthetic images, not for diagnosis.")
     api.add_middleware(BearerAuthentication, clients=clients)
+    api.add_middleware(RequestIds)  # outermost: a request refused by the token check has its id too
+    registry = metrics if metrics is not None else node_registry(node.store, node.spool, config.data_dir)
+    api.include_router(internal_routes(node, needs(Scope.WORKER)))  # generation workers on other hosts
     submitting = threading.Lock()  # a quota check and the submission it allows, one request at a time
 
     @api.exception_handler(RequestValidationError)
@@ -336,9 +349,16 @@ def create_app(node: Orchestrator, *, readiness: Callable[[], list[str]] | None 
 
     @api.get("/readyz")
     def readyz() -> JSONResponse:
-        problems = readiness() if readiness else []
-        return JSONResponse({"status": "not ready" if problems else "ready", "problems": problems},
+        dependencies = readiness() if readiness else {}
+        problems = [f"{name}: {d.state}" for name, d in dependencies.items() if d.required and not d.ok]
+        return JSONResponse({"status": "not ready" if problems else "ready", "problems": problems,
+                             "dependencies": {name: asdict(d) for name, d in dependencies.items()}},
                             status_code=503 if problems else 200)
+
+    @api.get("/metrics", include_in_schema=False)
+    def metrics_(_: MetricsReader) -> Response:
+        """Prometheus's text format; read when scraped (plugin.metrics)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return api
 

@@ -38,6 +38,8 @@ class Scope(enum.StrEnum):
     SUBMIT = "submit"  # create counterfactual requests
     READ = "read"  # read and list requests
     ON_BEHALF = "on-behalf"  # name the end user a request is for (the Orthanc plugin names the Orthanc user)
+    WORKER = "worker"  # a generation worker on another host: fetch a running job's prior, upload its results
+    METRICS = "metrics"  # read GET /metrics (Prometheus), nothing else
 
 
 LEGACY_NAME = "default"

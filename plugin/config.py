@@ -98,6 +98,16 @@ class Settings(BaseSettings):
                                     "model once")
     task_time_limit: int = Field(1800, gt=0, description="hard time limit of one generation, seconds")
     task_retries: int = Field(3, ge=0, description="retries of a task after a transient failure")
+    metrics_port: int = Field(0, ge=0, lt=65536, description="port of `progemu worker`'s Prometheus metrics "
+                              "(0: off); the node serves them at /metrics on its API port")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line, with "
+                                                "the job id and request id where known")
+    node_url: str | None = Field(None, description="a generation worker on another host: the node's API URL, "
+                                 "from which it fetches priors and to which it uploads results (none: it works in "
+                                 "the node's data_dir on this host)")
+    node_token: SecretStr | None = Field(None, description="that worker's token at the node (a client with the "
+                                         "worker scope)")
+    result_max_bytes: int = Field(2**30, gt=0, description="largest result file a worker may upload to the node")
 
     ae_title: str = Field("PROGEMU", description="our AE title")
     bind_host: str = Field("127.0.0.1", description="interface the listener and the API bind to "
@@ -173,6 +183,11 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    def prepare_data_dir(self) -> Path:
+        """Create the data directory readable by its owner only: it holds patients' images and results."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.data_dir
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from inference.engines.base import CancelCheck, ProgressCallback
 from inference.loading import load_pipeline
 from inference.pipeline import Counterfactual, CounterfactualPipeline
 from inference.sampler import SamplerSettings
-from plugin import __version__
+from plugin import __version__, metrics
 from plugin.config import Settings
 from plugin.gate import check_content, check_header
 from plugin.preview import render_preview
@@ -111,6 +112,7 @@ class CounterfactualUseCase:
         input_check = check_content(self.pipeline.assess_prior(square), model_name=self.model_name,
                                     override=allow_out_of_distribution)
         result = self.pipeline.run(square, hypothesis, settings, progress=progress, cancel=cancel)
+        metrics.generated(result)
         consistency = check_counterfactual(result, square)
         checks = ResultChecks(input_check, ConsistencyCheck(consistency.consistent, consistency.reason))
         if checks.flagged:
@@ -140,20 +142,22 @@ class CounterfactualUseCase:
 
 def load_use_case(config: Settings) -> CounterfactualUseCase:
     """Load the configured checkpoint with the configured engine, once per process."""
+    started = time.perf_counter()
     pipeline = load_pipeline(config.model_path, config.engine_options(),
                              max_hypothesis_chars=config.max_hypothesis_chars, composition=config.composition)
+    metrics.model_loaded(pipeline.model, time.perf_counter() - started)
     return CounterfactualUseCase(pipeline, config)
 
 
 def _save(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through a fsynced part file and rename, so a crash or a full disk never leaves a half-written output."""
-    write_atomically(path, write, perms=0o644)
+    write_atomically(path, write)
 
 
 def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) -> dict[FileKind, Path]:
     """Write every output into ``out_dir`` and return their paths."""
     directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths = {kind: directory / name for kind, name in OUTPUT_NAMES.items()}
     for kind in OutputKind:
         dataset = outputs.dicom(kind)

@@ -27,6 +27,7 @@ from dicom_io.sender import DicomSendError, store
 from dicom_io.tls import client_context
 from plugin.config import Settings
 from plugin.errors import DeliveryError, PermanentError, UnknownDeliveryTarget, backoff
+from plugin.metrics import DELIVERIES
 from plugin.results import FileKind, JobResults
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ _TARGETS: dict[str, DeliveryTarget] = {}
 def register(handler: DeliveryTarget) -> DeliveryTarget:
     """Make ``handler`` the one for its kind of target."""
     _TARGETS[handler.kind] = handler
+    DELIVERIES.track(handler.kind)
     return handler
 
 
@@ -90,7 +92,8 @@ def deliver(kind: str, target: str, results: JobResults, config: Settings) -> No
     if handler is None:
         raise UnknownDeliveryTarget(f"no delivery handler for targets of kind {kind!r} "
                                     f"(known: {', '.join(sorted(_TARGETS))})")
-    handler.send(target, results, config)
+    with DELIVERIES.attempt(kind):
+        handler.send(target, results, config)
 
 
 class DicomStore:

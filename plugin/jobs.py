@@ -55,6 +55,9 @@ NEEDS_STUDY = (JobState.QUEUED, JobState.RECEIVING, JobState.RUNNING)
 FINISHED = (JobState.DONE, JobState.FAILED)
 WAITING_PAGE = 500
 """Waiting jobs are read this many at a time."""
+NO_DESTINATION = ("no destination configured: the results stay on the node until results retention removes them "
+                  "(set PROGEMU_DESTINATION, send the study from a configured peer, or set PROGEMU_FHIR_URL)")
+"""Why a job whose results had nowhere to go failed."""
 
 
 class DeliveryState(enum.StrEnum):
@@ -83,6 +86,8 @@ class Job(Base):
     requester: Mapped[str | None] = mapped_column(String(128))
     source: Mapped[str] = mapped_column(String(64))
     destination: Mapped[str | None] = mapped_column(String(200))
+    # the FHIR server for the results, fixed when the node accepts the job (revision 0004)
+    fhir_url: Mapped[str | None] = mapped_column(String(500))
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
@@ -133,6 +138,7 @@ class NewJob:
     series_instance_uids: tuple[str, ...] = ()
     requester: str | None = None
     destination: str | None = None
+    fhir_url: str | None = None
     allow_out_of_distribution: bool = False
 
 
@@ -169,6 +175,7 @@ class JobView:
     requester: str | None
     source: str
     destination: str | None
+    fhir_url: str | None
     allow_out_of_distribution: bool
     state: JobState
     reason: str | None
@@ -183,7 +190,7 @@ class JobView:
     def of(cls, job: Job) -> JobView:
         results = JobResults.from_stored(job.results) if job.results is not None else None
         return cls(job.id, job.request_id, job.study_instance_uid, tuple(job.series_instance_uids or ()),
-                   job.hypothesis, dict(job.sampler), job.requester, job.source, job.destination,
+                   job.hypothesis, dict(job.sampler), job.requester, job.source, job.destination, job.fhir_url,
                    job.allow_out_of_distribution, JobState(job.state), job.reason, job.worker, job.attempts, results,
                    as_utc(job.created_at), as_utc(job.updated_at), tuple(DeliveryView.of(d) for d in job.deliveries))
 
@@ -235,7 +242,8 @@ class JobStore:
         job = Job(id=uuid.uuid4().hex, request_id=request.request_id, study_instance_uid=request.study_instance_uid,
                   series_instance_uids=list(request.series_instance_uids), hypothesis=request.hypothesis,
                   sampler=request.sampler, requester=request.requester, source=request.source,
-                  destination=request.destination, allow_out_of_distribution=request.allow_out_of_distribution,
+                  destination=request.destination, fhir_url=request.fhir_url,
+                  allow_out_of_distribution=request.allow_out_of_distribution,
                   state=JobState.QUEUED)
         try:
             with self._session.begin() as session:
@@ -340,15 +348,23 @@ class JobStore:
 
     # --- outputs ----------------------------------------------------------------------------------
 
-    def record_results(self, job_id: str, results: JobResults, deliveries: Sequence[tuple[str, str]]) -> None:
-        """Store what a job produced and queue its deliveries, in one transaction."""
+    def finish_generation(self, job_id: str, attempt: int, results: JobResults,
+                          deliveries: Sequence[tuple[str, str]]) -> bool:
+        """Record the results of generation attempt ``attempt`` and queue their deliveries, moving the job from
+        running to delivering, in one transaction; False (and nothing recorded) when the job is no longer running
+        that attempt (another attempt superseded it, or it ended)."""
         with self._session.begin() as session:
-            job = _required(session, Job, job_id)
-            job.results = results.model_dump(mode="json")
-            for uid in results.output_series:
+            result = cast(CursorResult[Any], session.execute(
+                sql_update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+                .values(state=JobState.DELIVERING, reason=None, updated_at=_now(),
+                        results=results.model_dump(mode="json"))))
+            if result.rowcount != 1:
+                return False
+            for uid in results.output_series:  # the listener must never process them
                 session.merge(OutputSeries(series_instance_uid=uid, job_id=job_id))
             for kind, target in deliveries:
                 session.add(Delivery(job_id=job_id, kind=kind, target=target))
+        return True
 
     def is_output_series(self, series_instance_uid: str) -> bool:
         with self._session() as session:
@@ -404,11 +420,17 @@ class JobStore:
             return result.rowcount
 
     def settle(self, job_id: str) -> JobState | None:
-        """Finish a delivering job once every delivery has settled; return its new state, if any."""
+        """Finish a delivering job once every delivery has settled; return its new state, if any.
+
+        Done means every delivery succeeded: a job with none (no destination, no FHIR server) fails, saying so.
+        """
         with self._session() as session:
             states = [d.state for d in session.scalars(select(Delivery).where(Delivery.job_id == job_id))]
         if any(state == DeliveryState.PENDING for state in states):
             return None
+        if not states:
+            moved = self.transition(job_id, JobState.FAILED, expect=[JobState.DELIVERING], reason=NO_DESTINATION)
+            return JobState.FAILED if moved else None
         failed = [state for state in states if state == DeliveryState.FAILED]
         if failed:
             moved = self.transition(job_id, JobState.FAILED, expect=[JobState.DELIVERING],

@@ -2,33 +2,40 @@
 
 The API, the listener's hand-over and the Celery tasks all call in here; the dispatcher
 (Celery in production) decides where the next step runs. Each step reads only what the
-previous step wrote: the job store and the spool.
+previous step wrote: the job store and the spool. The node decides where a job's results go
+(when it accepts the job, or its study arrives) and records it with the job; generation, which
+may run on another host (:mod:`plugin.transfer`), never decides it again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import pydicom
 
 from dicom_io.completion import StudyArrival
 from dicom_io.errors import DicomInputError
-from dicom_io.spool import Spool, StudyOrigin
+from dicom_io.spool import Spool, StudyOrigin, write_atomically
 from dicom_io.study import choose_prior, is_own_output
 from inference.errors import InferenceError
 from inference.sampler import Deadline, SamplerSettings
 from plugin.audit import AuditTrail
 from plugin.config import Settings
-from plugin.counterfactual import CounterfactualUseCase, load_use_case, write_outputs
+from plugin.counterfactual import OUTPUT_NAMES, CounterfactualUseCase, load_use_case, write_outputs
 from plugin.delivery import DICOM, FHIR, deliver, retry_delay
 from plugin.errors import PermanentError, PermanentJobError, TransientError
-from plugin.jobs import DeliveryState, JobState, JobStore, JobView, NewJob
+from plugin.jobs import NEEDS_STUDY, DeliveryState, JobState, JobStore, JobView, NewJob
+from plugin.results import JobResults
 from plugin.retention import Retention
 from plugin.routing import matching_rules
+from plugin.transfer import Superseded, transfer_for
 
 if TYPE_CHECKING:
     from dicom_io.listener import AssociationAttempt, Listener
@@ -37,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DELIVERY_LEASE = dt.timedelta(minutes=10)
 """A delivery handed to a worker is not handed out again for this long (the attempt records its own retry)."""
+RESULT_NAMES = frozenset(OUTPUT_NAMES.values())
+"""The only file names a job's results directory takes."""
 
 
 class Dispatcher(Protocol):
@@ -51,11 +60,14 @@ class Orchestrator:
     def __init__(self, config: Settings, dispatcher: Dispatcher) -> None:
         self.config = config
         self.dispatcher = dispatcher
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.prepare_data_dir()
         self.audit = AuditTrail.from_settings(config)
         self.store = JobStore(config.resolved_database_url(), on_finished=self._finished)
         self.spool = Spool(config.data_dir / "spool", config.spool_max_bytes)
         self.results_dir = config.data_dir / "results"
+        self.work_dir = config.data_dir / "work"
+        """This worker's scratch space: a fetched prior and the outputs until they are handed over."""
+        self.transfer = transfer_for(config, self)
         self.listener: Listener | None = None  # set by `progemu serve`/`listen`: the in-process listener, if any
         self.retention = Retention(config, self.store, self.spool, self.results_dir, receiving=self._receiving)
         from plugin.retrieval import Retriever
@@ -107,6 +119,8 @@ class Orchestrator:
     def submit(self, request: NewJob) -> tuple[JobView, bool]:
         if request.destination is None and self.config.destination:
             request = replace(request, destination=str(self.config.destination))  # decided now, not at delivery
+        if request.fhir_url is None and self.config.fhir_url:
+            request = replace(request, fhir_url=self.config.fhir_url)
         job, created = self.store.submit(request)
         if created:
             client, _, user = (request.requester or "").partition(":")
@@ -146,10 +160,15 @@ class Orchestrator:
         self.expect(job.study_instance_uid, series)
 
     def fail(self, job_id: str, reason: str) -> None:
-        log.warning("job %s failed: %s", job_id, reason)
-        if self.store.transition(job_id, JobState.FAILED, expect=[JobState.QUEUED, JobState.RECEIVING,
-                                                                  JobState.RUNNING], reason=reason):
-            self.retention.release_study(self.store.require(job_id).study_instance_uid)
+        """Fail a job that has not finished. The node records it: a worker on another host hands the failure over
+        (:attr:`transfer`), so that the node's audit trail stays the one record; only when the node cannot be told
+        does that worker fail the job in the job store itself, and its own audit log records it."""
+        try:
+            self.transfer.fail(job_id, reason)
+        except TransientError as exc:
+            log.warning("job %s: the node could not be told that it failed (%s); failing it from this worker, "
+                        "whose own audit log records it", job_id, exc)
+            self.record_failure(job_id, reason)
 
     def _study_ready(self, job: JobView) -> None:
         """The job's study is in the spool: fix where its results go, if its request did not (the configured
@@ -209,7 +228,11 @@ class Orchestrator:
     # --- generation (gpu queue) -------------------------------------------------------------------
 
     def generate(self, job_id: str, worker: str) -> None:
-        """Run one job; PermanentJobError for input that can never work, other errors are transient."""
+        """Run one job; PermanentJobError for input that can never work, other errors are transient.
+
+        The prior comes, and the results go, through :attr:`transfer`: the node's disk here, or its internal API
+        from another host. Scratch files are this attempt's own and never outlive it.
+        """
         job = self.store.get(job_id)
         if job is None or job.state not in (JobState.QUEUED, JobState.RECEIVING, JobState.RUNNING):
             log.info("job %s is %s; nothing to generate", job_id, job.state if job else "unknown")
@@ -218,28 +241,86 @@ class Orchestrator:
                                                                 JobState.RUNNING])
         attempt = self.store.count_attempt(job_id, worker)
         log.info("job %s running (attempt %d)", job_id, attempt)
+        for stale in self.work_dir.glob(f"{job_id}-*"):  # an earlier attempt's, killed on this host
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = self.work_dir / f"{job_id}-{attempt}"
         try:
-            prior = choose_prior(self.spool.instances(job.study_instance_uid), series_uids=job.series_instance_uids,
-                                 skip=self.is_own_output)
-            use_case = self.use_case()
-            with self._generate_lock:
-                # checked between tokens, so in every mode (a thread of `progemu serve` cannot be killed)
-                deadline = Deadline(self.config.task_time_limit)
-                outputs = use_case.run(prior, job.hypothesis, SamplerSettings(**job.sampler),
-                                       allow_out_of_distribution=job.allow_out_of_distribution, cancel=deadline)
-        except (DicomInputError, InferenceError) as exc:
-            raise PermanentJobError(str(exc)) from None
-        results = outputs.job_results(write_outputs(outputs, self.results_dir / job_id))
-        destination = job.destination  # decided when the job was accepted or its study arrived
-        deliveries = ([(DICOM, destination)] if destination else []) + (
-            [(FHIR, self.config.fhir_url)] if self.config.fhir_url else [])
-        self.store.record_results(job_id, results, deliveries)
-        self.store.transition(job_id, JobState.DELIVERING, expect=[JobState.RUNNING])
+            try:
+                prior = self.transfer.prior(job, scratch)
+                use_case = self.use_case()
+                with self._generate_lock:
+                    # checked between tokens, so in every mode (a thread of `progemu serve` cannot be killed)
+                    deadline = Deadline(self.config.task_time_limit)
+                    outputs = use_case.run(prior, job.hypothesis, SamplerSettings(**job.sampler),
+                                           allow_out_of_distribution=job.allow_out_of_distribution, cancel=deadline)
+            except (DicomInputError, InferenceError) as exc:
+                raise PermanentJobError(str(exc)) from None
+            files = write_outputs(outputs, scratch / "results")
+            results = outputs.job_results({kind: Path(path.name) for kind, path in files.items()})
+            self.transfer.publish(job_id, attempt, files, results)
+        except Superseded as exc:
+            log.info("job %s: attempt %d stops: %s", job_id, attempt, exc)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    # --- what the node does for a generation worker (plugin.transfer.NodeSide) ---------------------
+
+    def prior_path(self, job_id: str) -> Path:
+        """The spooled image the job is to be generated from. LookupError: no such job; Superseded: it no longer
+        needs one; DicomInputError: its study holds no usable image."""
+        job = self.store.get(job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.state not in NEEDS_STUDY:
+            raise Superseded(f"job {job_id} is {job.state}")
+        return choose_prior(self.spool.instances(job.study_instance_uid), series_uids=job.series_instance_uids,
+                            skip=self.is_own_output)
+
+    def _running(self, job_id: str, attempt: int) -> JobView:
+        job = self.store.get(job_id)
+        if job is None:
+            raise LookupError(f"no job {job_id}")
+        if job.state != JobState.RUNNING or job.attempts != attempt:
+            raise Superseded(f"job {job_id} is {job.state} at attempt {job.attempts}, not running attempt {attempt}")
+        return job
+
+    def store_result(self, job_id: str, attempt: int, name: str, write: Callable[[BinaryIO], object]) -> None:
+        """Write one result file of a running attempt into the job's results directory, through a part file and a
+        rename: a file half written is never seen, and a later attempt overwrites an earlier one's whole."""
+        if name not in RESULT_NAMES:
+            raise ValueError(f"{name!r} is not a result file (expected one of {', '.join(sorted(RESULT_NAMES))})")
+        self._running(job_id, attempt)
+        write_atomically(self.results_dir / job_id / name, write)
+
+    def accept_results(self, job_id: str, attempt: int, results: JobResults) -> None:
+        """Take a running attempt's results, whose files are in place: queue their deliveries to the targets fixed
+        with the job, and release its study. A resent hand-over of results already taken is a no-op."""
+        job = self.store.get(job_id)
+        if job is not None and job.attempts == attempt and job.results is not None:
+            return
+        job = self._running(job_id, attempt)
+        if not set(results.files.values()) <= RESULT_NAMES:
+            raise ValueError("the results name files that are not result files")
+        missing = sorted(name for name in results.files.values() if not (self.results_dir / job_id / name).is_file())
+        if missing:
+            raise ValueError(f"result files not uploaded: {', '.join(missing)}")
+        deliveries = ([(DICOM, job.destination)] if job.destination else []) + (
+            [(FHIR, job.fhir_url)] if job.fhir_url else [])
+        if not self.store.finish_generation(job_id, attempt, results, deliveries):
+            raise Superseded(f"job {job_id} moved on while its results were handed over")
         self.retention.release_study(job.study_instance_uid)
         if not deliveries:
-            log.warning("job %s has no destination: results stay in %s", job_id, self.results_dir / job_id)
+            log.warning("job %s has no destination: its results stay in %s", job_id, self.results_dir / job_id)
         self.sweep_outbox(job_id)
         self._settle(job_id)
+
+    def record_failure(self, job_id: str, reason: str) -> None:
+        """Fail a job that has not finished, here (the audit trail records it through the job store's hook); its
+        study leaves the spool unless another job still needs it. A job that already ended stays as it is."""
+        log.warning("job %s failed: %s", job_id, reason)
+        if self.store.transition(job_id, JobState.FAILED, expect=[JobState.QUEUED, JobState.RECEIVING,
+                                                                  JobState.RUNNING], reason=reason):
+            self.retention.release_study(self.store.require(job_id).study_instance_uid)
 
     def _finished(self, job: JobView, state: JobState, reason: str | None) -> None:
         self.audit.job_finished(job.id, job.study_instance_uid, state=state, reason=reason)
@@ -265,7 +346,7 @@ class Orchestrator:
         if item.state != DeliveryState.PENDING or job.results is None:
             return
         try:
-            deliver(item.kind, item.target, job.results, self.config)
+            deliver(item.kind, item.target, job.results.located(self.results_dir / job.id), self.config)
         except PermanentError as exc:
             log.warning("delivery %d (%s) cannot succeed: %s", delivery_id, item.kind, exc)
             self.store.delivery_attempt(delivery_id, error=str(exc), retry_in=None)

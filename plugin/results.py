@@ -102,12 +102,18 @@ class PublicResults(_Frozen):
 
 
 class JobResults(PublicResults):
-    """The job store's record: the public part plus where this node wrote the files (internal only)."""
+    """The job store's record: the public part plus the job's files (internal only)."""
 
     files: dict[FileKind, str]
+    """Each file's name in the job's results directory on the node (a worker on another host writes elsewhere
+    and uploads them there); stores written before 0.3 hold absolute paths, which :meth:`located` keeps."""
 
     def public(self) -> PublicResults:
         return PublicResults.model_validate(self.model_dump(include=set(PublicResults.model_fields)))
+
+    def located(self, directory: Path) -> JobResults:
+        """These results with each file's path in ``directory``, the job's results directory on the node."""
+        return self.model_copy(update={"files": {kind: str(directory / name) for kind, name in self.files.items()}})
 
     def path(self, kind: FileKind) -> Path:
         return Path(self.files[kind])

@@ -12,10 +12,11 @@ from orthanc_api_client.exceptions import OrthancApiException, ResourceNotFound
 from dicom_io.peers import DicomPeer
 from dicom_io.reader import RADIOGRAPHY, SECONDARY_CAPTURE
 from dicom_io.records import MANUFACTURER
-from dicom_io.sender import DicomSendError, move_study
+from dicom_io.sender import DicomSendError, echo, move_study
 from plugin.config import Settings
 from plugin.delivery import outbound_tls
 from plugin.errors import PacsNotConfigured, RetrievalError, StudyNotFound
+from plugin.metrics import RETRIEVALS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,18 @@ class Retriever:
     def configured(self) -> bool:
         return self._orthanc is not None or self.config.pacs_dicom is not None
 
+    def reachable(self) -> bool | None:
+        """Whether the PACS answers now (Orthanc: GET /system; otherwise C-ECHO), None when none is configured."""
+        if self._orthanc is not None:
+            return self._orthanc.is_alive(timeout=1)
+        if self.config.pacs_dicom is not None:
+            try:
+                echo(self.config.pacs_dicom, calling_ae_title=self.config.ae_title, timeout=2, tls=self._tls)
+            except DicomSendError:
+                return False
+            return True
+        return None
+
     def exists(self, study_uid: str) -> bool | None:
         """True/False where the PACS can be asked (Orthanc), None where it cannot (C-MOVE only)."""
         if self._orthanc is None:
@@ -56,6 +69,7 @@ class Retriever:
         raise PacsNotConfigured("the study has not been received and no PACS is configured to retrieve it from "
                                 "(set pacs_url or pacs_dicom)")
 
+    @RETRIEVALS.attempt("orthanc")
     def _from_orthanc(self, client: OrthancApiClient, study_uid: str, series_uids: Sequence[str]) -> list[str]:
         try:
             study_id = client.studies.lookup(study_uid)
@@ -90,6 +104,7 @@ class Retriever:
         sop_class = client.instances.get_tags(instance).get("SOPClassUID")
         return sop_class in RADIOGRAPHY + SECONDARY_CAPTURE
 
+    @RETRIEVALS.attempt("dicom")
     def _by_move(self, pacs: DicomPeer, study_uid: str, series_uids: Sequence[str]) -> list[str]:
         try:
             move_study(pacs, study_uid, destination_ae_title=self.config.ae_title,

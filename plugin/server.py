@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from dicom_io.listener import Listener, ListenerConfig
 from plugin.config import Settings
 from plugin.errors import UsageError
+from plugin.metrics import loaded_models, node_registry
 from plugin.orchestrator import Orchestrator
-from plugin.tasks import EMBEDDED_BROKER, CeleryDispatcher, app, configure, embedded_workers, use_node
+from plugin.tasks import EMBEDDED_BROKER, GPU, IO, CeleryDispatcher, app, configure, embedded_workers, use_node
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +63,70 @@ def housekeeping(node: Orchestrator) -> list[Periodic]:
             Periodic("retention sweep", node.retention.sweep, node.config.sweep_interval_seconds)]
 
 
-def readiness(node: Orchestrator) -> list[str]:
-    problems = []
+@dataclass(frozen=True)
+class Dependency:
+    """One thing the node relies on, as ``/readyz`` reports it (no addresses: the log has those)."""
+
+    ok: bool
+    state: str
+    required: bool = True
+    """Whether the node is not ready without it (503). The PACS and the model are reported, not required: pushed
+    studies need no PACS, and the model loads with the first generation (in whichever process runs the gpu queue)."""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def readiness(node: Orchestrator) -> dict[str, Dependency]:
+    """The state of each dependency: job store, broker, spool disk and listener (required), PACS and model."""
+    listening = node.listener is not None and node.listener.running
+    return {"job_store": _job_store(node), "broker": _broker(node), "spool": _spool(node),
+            "listener": Dependency(listening, "running" if listening else "not running"),
+            "pacs": _pacs(node), "model": _model()}
+
+
+def _job_store(node: Orchestrator) -> Dependency:
     try:
         node.store.ping()
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"job store: {type(exc).__name__}")
+    except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the store is not usable
+        return Dependency(False, f"unreachable ({type(exc).__name__})")
+    return Dependency(True, "ok")
+
+
+def _broker(node: Orchestrator) -> Dependency:
+    if not node.config.broker_url:
+        return Dependency(True, "embedded")
     try:
-        with tempfile.NamedTemporaryFile(dir=node.spool.root):
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:  # noqa: BLE001 - kombu's OperationalError, a refused connection, a timeout...
+        return Dependency(False, f"unreachable ({type(exc).__name__})")
+    return Dependency(True, "ok")
+
+
+def _spool(node: Orchestrator) -> Dependency:
+    spool = node.spool
+    details = {"spool_bytes": spool.used_bytes, "limit_bytes": spool.max_bytes}
+    try:
+        with tempfile.NamedTemporaryFile(dir=spool.root):
             pass
+        details["disk_free_bytes"] = shutil.disk_usage(spool.root).free
     except OSError as exc:
-        problems.append(f"spool not writable: {exc.strerror}")
-    if node.config.broker_url:
-        try:
-            with app.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, timeout=2)
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"broker: {type(exc).__name__}")
-    if node.listener is None or not node.listener.running:
-        problems.append("DICOM listener not running")
-    return problems
+        return Dependency(False, f"not writable ({exc.strerror})", details=details)
+    if spool.room_bytes() == 0:
+        return Dependency(False, "full", details=details)
+    return Dependency(True, "writable", details=details)
+
+
+def _pacs(node: Orchestrator) -> Dependency:
+    reachable = node.retriever.reachable()
+    if reachable is None:
+        return Dependency(True, "not configured", required=False)
+    return Dependency(reachable, "reachable" if reachable else "unreachable", required=False)
+
+
+def _model() -> Dependency:
+    loaded = loaded_models()
+    return Dependency(bool(loaded), "loaded" if loaded else "not loaded in this process", required=False,
+                      details={"checkpoints": loaded} if loaded else {})
 
 
 def serve(config: Settings, *, with_api: bool = True) -> None:
@@ -91,7 +139,8 @@ def serve(config: Settings, *, with_api: bool = True) -> None:
     if with_api:
         from plugin.api import create_app
 
-        api = create_app(node, readiness=lambda: readiness(node))  # refuses to start without a client or token
+        api = create_app(node, readiness=lambda: readiness(node),  # refuses to start without a client or token
+                         metrics=node_registry(node.store, node.spool, config.data_dir, broker=app, queues=(GPU, IO)))
     try:
         listener.start()
     except RuntimeError as exc:  # a peer's host does not resolve: every call from it would be refused
@@ -115,8 +164,9 @@ def serve(config: Settings, *, with_api: bool = True) -> None:
         if api is not None:
             import uvicorn
 
+            # log_config=None: uvicorn's records go through our handler, in our format (text or JSON)
             uvicorn.Server(uvicorn.Config(api, host=config.bind_host, port=config.http_port, log_level="warning",
-                                          access_log=False)).run()
+                                          access_log=False, log_config=None)).run()
         else:
             threading.Event().wait()
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker import WorkController
 
+from plugin import logs
 from plugin.config import Settings
 from plugin.errors import PermanentError, backoff
 from plugin.orchestrator import Orchestrator
@@ -140,6 +141,10 @@ def retrieve(self, job_id: str) -> None:
 @app.task(name="progemu.deliver", acks_late=True, reject_on_worker_lost=True)
 def deliver(delivery_id: int) -> None:
     node().deliver(delivery_id)  # failures are recorded in the outbox, which schedules the retry
+
+
+signals.task_prerun.connect(logs.task_started)  # the task's job or delivery id in its log lines
+signals.task_postrun.connect(logs.task_finished)
 
 
 @signals.worker_process_init.connect

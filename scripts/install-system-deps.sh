@@ -24,6 +24,12 @@ NEEDS=(
   # the FHIR test server (tests/fhir_server); machines of this kind ship Node.js 20, Debian's is older
   "nodejs node"
   "npm npm"
+  # container images, built and run by the tests (docker/): Debian's daemon and client, a local base image
+  "docker.io /usr/sbin/dockerd /usr/bin/docker"
+  "mmdebstrap mmdebstrap"
+  # the metrics test scrapes the node with a real Prometheus; the two-host test builds network namespaces
+  "prometheus /usr/bin/prometheus"
+  "iproute2 ip"
 )
 
 check_only=0

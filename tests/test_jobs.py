@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from plugin.config import Settings
-from plugin.jobs import DeliveryState, Job, JobState, JobStore, NewJob
+from plugin.jobs import NO_DESTINATION, DeliveryState, Job, JobState, JobStore, NewJob
 from plugin.results import AlgorithmIdentity, DicomOutput, JobResults, OutputKind
 from tests.support.databases import postgres_database
+from tests.support.generation import generated
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -41,7 +42,7 @@ def _results(*series_uids: str) -> JobResults:
 
 def test_results_are_kept_typed_and_shown_without_internal_fields(store: JobStore) -> None:
     job, _ = store.submit(_request())
-    store.record_results(job.id, _results("1.2.3.4.5"), [])
+    generated(store, job.id, _results("1.2.3.4.5"), [])
     stored = store.get(job.id).results
     assert stored == _results("1.2.3.4.5")
     assert "files" not in stored.public().model_dump()
@@ -50,7 +51,7 @@ def test_results_are_kept_typed_and_shown_without_internal_fields(store: JobStor
 
 def test_a_delivery_is_read_as_a_detached_view(store: JobStore) -> None:
     job, _ = store.submit(_request())
-    store.record_results(job.id, _results(), [("dicom", "PACS@h:104")])
+    generated(store, job.id, _results(), [("dicom", "PACS@h:104")])
     [delivery_id] = store.claim_due_deliveries(dt.timedelta(minutes=1))
     item, owner = store.delivery(delivery_id)
     assert (item.job_id, item.kind, item.state, item.attempts) == (job.id, "dicom", DeliveryState.PENDING, 0)
@@ -102,8 +103,7 @@ def test_list_filters_by_study_state_and_requester(store: JobStore) -> None:
 
 def test_outbox_claims_each_due_delivery_once_and_settles_the_job(store: JobStore) -> None:
     job, _ = store.submit(_request())
-    store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
-    store.record_results(job.id, _results("1.2.3.4.5"), [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
+    generated(store, job.id, _results("1.2.3.4.5"), [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
     assert store.is_output_series("1.2.3.4.5") and not store.is_output_series("1.2.3.4.6")
     lease = dt.timedelta(minutes=10)
     claimed = store.claim_due_deliveries(lease)
@@ -124,17 +124,41 @@ def test_outbox_claims_each_due_delivery_once_and_settles_the_job(store: JobStor
 
 def test_a_delivery_given_up_fails_the_job_with_a_reason(store: JobStore) -> None:
     job, _ = store.submit(_request())
-    store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
-    store.record_results(job.id, _results(), [("dicom", "PACS@h:104")])
+    generated(store, job.id, _results(), [("dicom", "PACS@h:104")])
     [delivery] = store.claim_due_deliveries(dt.timedelta(minutes=1))
     store.delivery_attempt(delivery, error="refused", retry_in=None)
     assert store.settle(job.id) == JobState.FAILED
     assert store.get(job.id).reason == "1 of 1 deliveries failed"
 
 
+def test_a_job_with_nothing_to_deliver_to_is_never_done(store: JobStore) -> None:
+    job, _ = store.submit(_request())
+    generated(store, job.id, _results(), [])
+    assert store.settle(job.id) == JobState.FAILED
+    failed = store.get(job.id)
+    assert failed.state == JobState.FAILED and failed.reason == NO_DESTINATION
+    assert failed.results is not None  # kept: retention removes them later
+
+
+def test_results_are_taken_only_from_the_attempt_that_runs(store: JobStore) -> None:
+    job, _ = store.submit(_request(destination="PACS@h:104", fhir_url="https://fhir.test/r4"))
+    assert store.get(job.id).fhir_url == "https://fhir.test/r4"  # fixed with the job, for whichever worker runs it
+    store.transition(job.id, JobState.RUNNING, expect=[JobState.QUEUED])
+    store.count_attempt(job.id, "host-b:1")
+    store.count_attempt(job.id, "host-b:2")  # the task was redelivered: attempt 2 runs
+    assert not store.finish_generation(job.id, 1, _results("1.2.3.4.1"), [("dicom", "PACS@h:104")])
+    assert store.get(job.id).results is None and not store.is_output_series("1.2.3.4.1")
+    assert store.finish_generation(job.id, 2, _results("1.2.3.4.2"), [("dicom", "PACS@h:104")])
+    assert not store.finish_generation(job.id, 2, _results("1.2.3.4.2"), [("dicom", "PACS@h:104")])  # once
+    done = store.get(job.id)
+    assert done.state == JobState.DELIVERING and done.results == _results("1.2.3.4.2")
+    assert [(d.kind, d.target) for d in done.deliveries] == [("dicom", "PACS@h:104")]
+    assert store.is_output_series("1.2.3.4.2")
+
+
 def test_release_makes_leased_deliveries_due_after_a_restart(store: JobStore) -> None:
     job, _ = store.submit(_request())
-    store.record_results(job.id, _results(), [("dicom", "PACS@h:104")])
+    generated(store, job.id, _results(), [("dicom", "PACS@h:104")])
     assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1
     store.release_delivery_claims()
     assert len(store.claim_due_deliveries(dt.timedelta(hours=1))) == 1
@@ -184,8 +208,7 @@ def test_jobs_receiving_since_before_a_time(store: JobStore) -> None:
 
 def test_abandoned_deliveries_fail_and_so_does_the_job(store: JobStore) -> None:
     job, _ = store.submit(_request())
-    store.transition(job.id, JobState.DELIVERING, expect=[JobState.QUEUED])
-    store.record_results(job.id, _results(), [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
+    generated(store, job.id, _results(), [("dicom", "PACS@h:104"), ("fhir", "http://f/fhir")])
     first = store.get(job.id).deliveries[0].id
     store.delivery_attempt(first, error=None, retry_in=None)
     assert store.abandon_deliveries(job.id, "the results were removed") == 1

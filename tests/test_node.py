@@ -4,6 +4,7 @@ deadline, and no PHI in the logs."""
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from dicom_io.completion import StudyArrival
 from dicom_io.spool import ForeignSenderError
 from plugin.config import Settings
 from plugin.errors import PermanentJobError
-from plugin.jobs import Job, JobState, NewJob
+from plugin.jobs import NO_DESTINATION, Job, JobState, NewJob
 from plugin.orchestrator import Orchestrator
 from plugin.routing import RoutingRule
 from plugin.tasks import CeleryDispatcher, configure, use_node
@@ -47,7 +48,7 @@ def _job(node: Orchestrator, study: str, request_id: str = "r") -> str:
 
 @pytest.mark.slow
 def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path: Path, caplog) -> None:
-    node = _node(tmp_path, destination="PACS@127.0.0.1:104", fhir_url="http://127.0.0.1:9/fhir")
+    node = _node(tmp_path / "data", destination="PACS@127.0.0.1:104", fhir_url="http://127.0.0.1:9/fhir")
     prior = phantom_prior(**PHI)
     _spool(node, prior, tmp_path)
     job_id = _job(node, prior.StudyInstanceUID)
@@ -58,7 +59,8 @@ def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path:
     assert [(d.kind, d.target) for d in job.deliveries] == [("dicom", "PACS@127.0.0.1:104"),
                                                           ("fhir", "http://127.0.0.1:9/fhir")]
     assert [output.kind for output in job.results.outputs] == ["sc", "sr", "report_page"]
-    for output, path in zip(job.results.outputs, job.results.dicom_files(), strict=True):
+    files = job.results.located(node.results_dir / job_id)  # the record names files in the job's results directory
+    for output, path in zip(job.results.outputs, files.dicom_files(), strict=True):
         written = pydicom.dcmread(path)
         assert (written.SOPInstanceUID, written.SeriesInstanceUID, written.SOPClassUID) == (
             output.sop_instance_uid, output.series_instance_uid, output.sop_class_uid)
@@ -66,7 +68,10 @@ def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path:
         assert node.store.is_output_series(written.SeriesInstanceUID)
         assert node.is_own_output(written)
     assert job.results.settings["seed"] == "3"
-    sc = pydicom.dcmread(job.results.dicom_files()[0])
+    # patient data is its owner's only: the data directory, and every result file in it
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert {stat.S_IMODE(path.stat().st_mode) for path in (node.results_dir / job_id).iterdir()} == {0o600}
+    sc = pydicom.dcmread(files.dicom_files()[0])
     assert job.results.algorithm.checkpoint_sha256 in sc.DerivationDescription
     logged = caplog.text
     assert logged and not any(value in logged for value in ("DOE", "JANE", "MRN-998877", "19451231"))
@@ -80,7 +85,9 @@ def test_a_finished_job_is_not_generated_again(tmp_path: Path) -> None:
     _spool(node, prior, tmp_path)
     job_id = _job(node, prior.StudyInstanceUID)
     node.generate(job_id, worker="test:1")
-    assert node.store.get(job_id).state == JobState.DONE  # no destination: nothing to deliver
+    finished = node.store.get(job_id)
+    assert finished.state == JobState.FAILED and finished.reason == NO_DESTINATION  # nowhere to go: never done
+    assert (node.results_dir / job_id / "report.dcm").is_file()  # kept until results retention
     node.generate(job_id, worker="test:2")  # a duplicate delivery of the task
     assert node.store.get(job_id).attempts == 1
 
@@ -127,6 +134,20 @@ def test_a_configured_destination_is_fixed_when_the_job_is_accepted(tmp_path: Pa
     assert job.destination == "PACS@127.0.0.1:104"
     node.on_study_complete(StudyArrival("1.2.826.0.1.3680043.8.498.5", "PROGEMU", "ORTHANC", set(), 1))
     assert node.store.get(job.id).destination == "PACS@127.0.0.1:104"
+
+
+def test_the_fhir_server_is_fixed_when_the_job_is_accepted_by_every_path(tmp_path: Path) -> None:
+    """A worker on another host never decides where results go: the node records both targets with the job."""
+    node = _node(tmp_path, fhir_url="https://fhir.test/r4", peers="ORTHANC@127.0.0.1:4242",
+                 routes=[RoutingRule(name="any", hypothesis="h")])
+    requested, _ = node.submit(NewJob(request_id="api", study_instance_uid="1.2.826.0.1.3680043.8.498.4",
+                                      source="api", hypothesis="h", sampler=node.default_sampler()))
+    prior = phantom_prior()
+    _spool(node, prior, tmp_path)
+    node.on_study_complete(StudyArrival(prior.StudyInstanceUID, "PROGEMU", "ORTHANC", {prior.SeriesInstanceUID}, 1))
+    [routed] = node.store.list(study_instance_uid=prior.StudyInstanceUID)
+    assert requested.fhir_url == routed.fhir_url == "https://fhir.test/r4"
+    assert routed.destination == "ORTHANC@127.0.0.1:4242"
 
 
 def test_every_job_waiting_for_a_study_is_started_when_it_arrives(tmp_path: Path) -> None:
@@ -210,14 +231,14 @@ def test_a_request_for_a_study_still_arriving_waits_for_it_instead_of_retrieving
 
 @pytest.mark.slow
 def test_the_audit_trail_records_who_asked_for_what_and_how_it_ended(tmp_path: Path) -> None:
-    node = _node(tmp_path)  # no peers: results stay here, so the job ends at once
+    node = _node(tmp_path)  # no peers: the results have nowhere to go, so the job ends (failed) at once
     prior = phantom_prior(**PHI)
     _spool(node, prior, tmp_path)
     node.on_study_complete(StudyArrival(prior.StudyInstanceUID, "PROGEMU", "ORTHANC", {prior.SeriesInstanceUID}, 1))
-    done, _ = node.submit(NewJob(request_id="a", study_instance_uid=prior.StudyInstanceUID, source="api",
+    kept, _ = node.submit(NewJob(request_id="a", study_instance_uid=prior.StudyInstanceUID, source="api",
                                  hypothesis="The left pleural effusion worsens.", requester="orthanc:dr-who",
                                  sampler=node.default_sampler(seed=3)))
-    node.generate(done.id, worker="test:1")
+    node.generate(kept.id, worker="test:1")
     broken = phantom_prior(modality="OT")
     broken.SOPClassUID = broken.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
     _spool(node, broken, tmp_path)
@@ -227,9 +248,10 @@ def test_the_audit_trail_records_who_asked_for_what_and_how_it_ended(tmp_path: P
     node.fail(failed, str(refused.value))
     records = [(r.event, r.actor, r.outcome, r.fields) for r in node.audit.records()]
     events = [(event, fields.get("job_id"), fields.get("state")) for event, _, _, fields in records]
-    assert events == [("study-received", None, None), ("job-requested", done.id, None),
-                      ("job-finished", done.id, "done"), ("job-requested", failed, None),
+    assert events == [("study-received", None, None), ("job-requested", kept.id, None),
+                      ("job-finished", kept.id, "failed"), ("job-requested", failed, None),
                       ("job-finished", failed, "failed")]
+    assert records[2][3]["reason"] == NO_DESTINATION
     assert records[1][1] == "orthanc" and records[1][3]["requester"] == "dr-who"  # the client, and its user
     assert "no CR, DX or Secondary Capture image" in records[-1][3]["reason"]
     assert node.audit.verify().broken is None

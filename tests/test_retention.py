@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,43 +16,19 @@ from dicom_io.spool import SpoolFullError
 from plugin.config import Settings
 from plugin.jobs import DeliveryState, JobState, NewJob
 from plugin.orchestrator import Orchestrator
-from plugin.results import AlgorithmIdentity, DicomOutput, FileKind, JobResults, OutputKind
 from tests.support.dicom_fixtures import phantom_prior
 from tests.support.dispatchers import RecordingDispatcher
+from tests.support.generation import StandInUseCase, write_outputs
 
 PHI = {"patient_name": "DOE^JANE", "patient_id": "MRN-998877", "patient_birth_date": "19451231"}
 HOUR = 3600.0
-
-
-class _Outputs:
-    def job_results(self, files: Mapping[FileKind, Path]) -> JobResults:
-        output = DicomOutput(kind=OutputKind.SC, series_instance_uid="1.2.826.0.1.9.1",
-                             sop_instance_uid="1.2.826.0.1.9.1.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.7")
-        return JobResults(outputs=(output,), interpretation="The effusion has worsened.", settings={},
-                          algorithm=AlgorithmIdentity(name="ProgEmu", version="t", checkpoint_sha256="0" * 64),
-                          files={kind: str(path) for kind, path in files.items()})
-
-
-class _UseCase:
-    """Generation without a model: what retention cares about is what happens around it."""
-
-    def run(self, prior, hypothesis, settings, **options) -> _Outputs:
-        return _Outputs()
-
-
-def _write_outputs(outputs: _Outputs, out_dir: Path) -> dict[FileKind, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {FileKind.SC: out_dir / "counterfactual.dcm", FileKind.FHIR: out_dir / "fhir.json"}
-    for path in files.values():
-        path.write_bytes(b"output")
-    return files
 
 
 @pytest.fixture
 def delivered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Deliveries succeed (and are recorded here); the model is a stand-in."""
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr("plugin.orchestrator.write_outputs", _write_outputs)
+    monkeypatch.setattr("plugin.orchestrator.write_outputs", write_outputs)
     monkeypatch.setattr("plugin.orchestrator.deliver", lambda kind, target, results, config: sent.append(
         (kind, target)))
     return sent
@@ -62,7 +37,7 @@ def delivered(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 def _node(tmp_path: Path, **settings) -> tuple[Orchestrator, RecordingDispatcher]:
     recorder = RecordingDispatcher()
     node = Orchestrator(Settings(data_dir=tmp_path / "data", **settings), recorder)
-    node.use_case = _UseCase  # type: ignore[method-assign]
+    node.use_case = StandInUseCase  # type: ignore[method-assign]
     return node, recorder
 
 
@@ -146,7 +121,9 @@ def test_results_not_delivered_stay_until_their_retention(tmp_path: Path, delive
     node, _ = _node(tmp_path)  # no destination: the results wait for someone to fetch them
     job = _submit(node, _spool(node, tmp_path).StudyInstanceUID)
     node.generate(job, worker="test")
-    assert node.store.get(job).state == JobState.DONE and (node.results_dir / job).is_dir()
+    stored = node.store.get(job)
+    assert stored.state == JobState.FAILED and stored.reason.startswith("no destination configured")  # never done
+    assert (node.results_dir / job).is_dir()
     node.retention.sweep()
     assert (node.results_dir / job).is_dir()
     _later(node, 169)

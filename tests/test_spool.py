@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def test_uid_padding_is_dropped(value, uid) -> None:
 def test_anything_else_than_a_uid_is_refused(value) -> None:
     with pytest.raises(ValueError):
         check_uid(value)
+
+
+def test_spooled_instances_are_their_owners_only(spool: Spool) -> None:
+    spool.write(STUDY, "1.2.3", "1.2.3.4", b"DICM")
+    [path] = spool.instances(STUDY)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(spool.root.stat().st_mode) == 0o700  # no other user gets past it
 
 
 def test_origin_round_trips_and_survives_a_restart(spool: Spool, tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from pydantic import ValidationError
 
 from dicom_io.errors import DicomInputError
 from inference.errors import InferenceError
-from plugin import __version__
+from plugin import __version__, logs
 from plugin.cli import audit, clients, counterfactual, database, model_tools, node, training
+from plugin.config import Settings
 from plugin.errors import PermanentError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -36,8 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbosity: int) -> None:
+    """Text or JSON lines (``log_format``) on stderr; a bad configuration gives text, and the command then names
+    the bad setting in its one-line error."""
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        log_format = Settings().log_format
+    except ValidationError:
+        log_format = "text"
+    logs.configure(level, log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from plugin.clients import ApiClient, ClientStore
     from plugin.config import Settings
 
-SCOPES = ("submit", "read", "on-behalf")
+SCOPES = ("submit", "read", "on-behalf", "worker", "metrics")
 """plugin.clients.Scope's values, spelled out so that ``progemu --help`` needs no SQLAlchemy."""
 
 
@@ -28,7 +28,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("name", metavar="NAME", help="who calls: e.g. ris, orthanc (letters, digits, '.', '_', '-')")
     add.add_argument("--scope", dest="scopes", action="append", required=True, choices=SCOPES,
                      help="repeatable: submit (create requests), read (read and list them), on-behalf (name the "
-                          "end user a request is for, as the Orthanc plugin does)")
+                          "end user a request is for, as the Orthanc plugin does), worker (a generation worker "
+                          "on another host: fetch priors, upload results), metrics (Prometheus: GET /metrics)")
     add_settings_options(add, DATABASE_FIELDS)
     add.set_defaults(handler=add_client)
 
@@ -44,7 +45,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _store(config: Settings) -> ClientStore:
     if config.database_url is None:  # SQLite in the data directory, which serve would create
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.prepare_data_dir()
     from plugin.clients import ClientStore  # SQLAlchemy and Alembic only for these commands
 
     return ClientStore(config.resolved_database_url())

@@ -21,7 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _upgrade(args: argparse.Namespace) -> None:
     config = settings(args)
     if config.database_url is None:  # SQLite in the data directory, which serve would create
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.prepare_data_dir()
     from plugin.jobs import JobStore  # SQLAlchemy and Alembic only for this command
 
     store = JobStore(config.resolved_database_url())  # opening the store upgrades it

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -18,8 +19,12 @@ API_TOKEN = "node-test-token-0123456789abcdefghij"
 class NodeServer:
     """The node as IT deploys it: one `progemu serve` process configured through PROGEMU_* variables."""
 
-    def __init__(self, workdir: Path, *, env: dict[str, str] | None = None, dicom_port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, env: dict[str, str] | None = None, dicom_port: int | None = None,
+                 host: str = "127.0.0.1", launcher: Sequence[str] = ()) -> None:
+        """``host``: where the test reaches its API; ``launcher``: a command that runs it elsewhere (another
+        network namespace: tests/support/netns.py)."""
         self.workdir = workdir
+        self.host, self.launcher = host, tuple(launcher)
         self.dicom_port = dicom_port or free_port()
         self.http_port = free_port()
         self.env = {
@@ -32,7 +37,7 @@ class NodeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -42,8 +47,8 @@ class NodeServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROGEMU_")} | self.env
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([str(BIN / "progemu"), "-v", "serve"], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen([*self.launcher, str(BIN / "progemu"), "-v", "serve"], env=env,
+                                            stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.process.poll() is None and httpx.get(self.url + "/readyz").status_code == 200, 90,
                  f"progemu serve to be ready (log: {self.log_path})")
         return self
