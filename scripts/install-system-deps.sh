@@ -30,6 +30,9 @@ NEEDS=(
   # the metrics test scrapes the node with a real Prometheus; the two-host test builds network namespaces
   "prometheus /usr/bin/prometheus"
   "iproute2 ip"
+  # the Encapsulated PDF report is rendered to PNG in its test; Orthanc's DICOMweb plugin is the DICOMweb PACS
+  "poppler-utils pdftoppm"
+  "orthanc-dicomweb /usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 )
 
 check_only=0
