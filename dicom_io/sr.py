@@ -2,8 +2,10 @@
 
 TID 1500 Measurement Report, observed by the algorithm as a DEVICE, with one
 TID 1501 group holding the TID 4019 algorithm identification (name, version,
-hypothesis, seed, sampler settings, checkpoint hash), the prior as the source
-image, the result's checks (the input gate's score, limit and override, and the
+hypothesis, seed, sampler settings, checkpoint hash), the prior and the
+counterfactual SC as the group's source images, the hypothesised finding as the
+group's coded Finding with its side and direction as coded qualitative evaluations
+(what a TID 1500 viewer lists), the result's checks (the input gate's score, limit and override, and the
 consistency with the hypothesis) as NUM, CODE and TEXT items, the hypothesis and
 interpretation as TEXT, and a reference to the counterfactual SC. Contributing
 Equipment names the algorithm with the IHE "Processing Algorithm" purpose, which
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from dataclasses import dataclass
 
 import highdicom
 import pydicom
@@ -62,7 +65,26 @@ log = logging.getLogger(__name__)
 PROCEDURE_REPORTED = CodedConcept("36554-4", "LN", "XR Chest Single view")
 """The imaging procedure the report is about: one chest radiograph (the prior), not the algorithm."""
 FINDING_TYPE = CodedConcept.from_code(codes.SCT.ImagingFinding)
-"""SCT 365853002: the group is a (predicted) imaging finding; what it is lives in free text."""
+"""SCT 365853002: the group's finding when the hypothesis names none the consistency check knows."""
+FINDINGS = {
+    "effusion": CodedConcept.from_code(codes.SCT.PleuralEffusion),
+    "cardiomegaly": CodedConcept.from_code(codes.SCT.Cardiomegaly),
+    "pneumothorax": CodedConcept.from_code(codes.SCT.Pneumothorax),
+    "consolidation": CodedConcept("95436008", "SCT", "Lung consolidation"),
+    "oedema": CodedConcept.from_code(codes.SCT.PulmonaryEdema),
+}
+"""The findings the consistency check reads from a hypothesis, as SNOMED CT (the DICOM standard's codes where
+pydicom's dictionary has them)."""
+SIDES = {"left": CodedConcept.from_code(codes.SCT.Left), "right": CodedConcept.from_code(codes.SCT.Right)}
+DIRECTION = CodedConcept("PGM007", PRIVATE_SCHEME, "Hypothesised change")
+DIRECTIONS = {
+    "develops": CodedConcept("7147002", "SCT", "New"),
+    "worsens": CodedConcept("35105006", "SCT", "Increased"),
+    "improves": CodedConcept.from_code(codes.SCT.Decreased),
+    "resolves": CodedConcept("PGM008", PRIVATE_SCHEME, "Resolves"),
+    "unchanged": CodedConcept.from_code(codes.SCT.NoChange),
+}
+"""The hypothesis' direction: SNOMED CT qualifiers where one fits, the private scheme for "resolves"."""
 HYPOTHESIS = CodedConcept("PGM001", PRIVATE_SCHEME, "Progression hypothesis")
 COUNTERFACTUAL_IMAGE = CodedConcept("PGM002", PRIVATE_SCHEME, "Counterfactual image")
 INTERPRETATION = CodedConcept.from_code(codes.DCM.Finding)
@@ -81,6 +103,15 @@ CODING_SCHEMES = (
 )
 
 
+@dataclass(frozen=True)
+class HypothesisFinding:
+    """What the hypothesis names, in the consistency check's words (e.g. "effusion", "left", "worsens")."""
+
+    finding: str
+    side: str | None
+    direction: str
+
+
 def build_counterfactual_sr(
     prior: pydicom.Dataset,
     sc: pydicom.Dataset,
@@ -88,16 +119,20 @@ def build_counterfactual_sr(
     algorithm: AlgorithmRecord,
     text: CounterfactualText,
     checks: ResultChecks,
+    finding: HypothesisFinding | None = None,
     series_number: int = 9902,
 ) -> Comprehensive3DSR:
-    """Build the SR describing how ``sc`` was generated from ``prior``; same patient and study, new series."""
+    """Build the SR describing how ``sc`` was generated from ``prior``; same patient and study, new series.
+
+    ``finding`` (None: the hypothesis names none the consistency check knows) becomes coded items.
+    """
     if sc.StudyInstanceUID != prior.StudyInstanceUID:
         raise ValueError("the counterfactual SC is not in the prior's study")
     equipment = Equipment.of(algorithm)
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=_device_observer(equipment)),
         procedure_reported=PROCEDURE_REPORTED,
-        imaging_measurements=[_counterfactual_group(prior, sc, algorithm, text, checks)],
+        imaging_measurements=[_counterfactual_group(prior, sc, algorithm, text, checks, finding)],
     )
     now = datetime.datetime.now()
     sr = Comprehensive3DSR(
@@ -145,20 +180,20 @@ def _device_observer(equipment: Equipment) -> ObserverContext:
 
 def _counterfactual_group(
     prior: pydicom.Dataset, sc: pydicom.Dataset, algorithm: AlgorithmRecord, text: CounterfactualText,
-    checks: ResultChecks,
+    checks: ResultChecks, finding: HypothesisFinding | None,
 ) -> MeasurementsAndQualitativeEvaluations:
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=highdicom.UID(), identifier="Counterfactual progression"),
-        finding_type=FINDING_TYPE,
+        finding_type=FINDINGS.get(finding.finding, FINDING_TYPE) if finding else FINDING_TYPE,
         algorithm_id=AlgorithmIdentification(
             name=algorithm.name,
             version=algorithm.version,
             parameters=_algorithm_parameters(algorithm, text),
             manufacturer=algorithm.manufacturer,
         ),
-        source_images=[SourceImageForMeasurementGroup.from_source_image(prior)],
+        source_images=[SourceImageForMeasurementGroup.from_source_image(image) for image in (prior, sc)],
         measurements=_check_measurements(checks),
-        qualitative_evaluations=_check_evaluations(checks),
+        qualitative_evaluations=_finding_evaluations(finding) + _check_evaluations(checks),
     )
     contains = RelationshipTypeValues.CONTAINS
     group[0].ContentSequence.extend([
@@ -181,6 +216,18 @@ def _check_measurements(checks: ResultChecks) -> list[Measurement]:
     """TID 300 NUM rows: the score and, when the checkpoint was calibrated, the limit it was held against."""
     values = [(OOD_SCORE, checks.input.score), (OOD_LIMIT, checks.input.limit)]
     return [Measurement(name=name, value=value, unit=SCORE_UNIT) for name, value in values if value is not None]
+
+
+def _finding_evaluations(finding: HypothesisFinding | None) -> list[QualitativeEvaluation]:
+    """The hypothesis' side (SCT Laterality) and direction, each when the hypothesis names one."""
+    if finding is None:
+        return []
+    evaluations = []
+    if finding.side in SIDES:
+        evaluations.append(QualitativeEvaluation(name=codes.SCT.Laterality, value=SIDES[finding.side]))
+    if finding.direction in DIRECTIONS:
+        evaluations.append(QualitativeEvaluation(name=DIRECTION, value=DIRECTIONS[finding.direction]))
+    return evaluations
 
 
 def _check_evaluations(checks: ResultChecks) -> list[QualitativeEvaluation]:

@@ -23,6 +23,8 @@ from dicom_io.peers import DicomPeer, check_ae_title
 from inference.hypothesis import MAX_HYPOTHESIS_CHARS
 from inference.loading import EngineOptions
 from inference.sampler import SamplerSettings
+from plugin.dicomweb import PREFIX as DICOMWEB_PREFIX
+from plugin.dicomweb import DicomWebTarget
 from plugin.routing import RoutingRule
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -44,6 +46,12 @@ def _split(value: object) -> object:
 
 def _peer(value: object) -> object:
     return DicomPeer.parse(value) if isinstance(value, str) else value
+
+
+def _destination(value: object) -> object:
+    if isinstance(value, str) and value.strip().startswith(DICOMWEB_PREFIX):
+        return DicomWebTarget.parse(value.strip())
+    return _peer(value)
 
 
 Peer = Annotated[DicomPeer, BeforeValidator(_peer)]
@@ -83,6 +91,8 @@ class Settings(BaseSettings):
     gate_view_positions: CommaList = Field(("PA", "AP"), description="ViewPosition values of a prior the model "
                                            "accepts (a prior without one is accepted too)")
     fhir_version: Literal["R5", "R4B"] = Field("R5", description="FHIR release of the output Bundle")
+    pdf_report: bool = Field(True, description="also write and deliver the report as a DICOM Encapsulated PDF "
+                             "(shown by OHIF, Orthanc Explorer 2 and most PACS; searchable text)")
 
     # --- the DICOM node: progemu serve / listen / worker -------------------------------------------
     data_dir: Path = Field(Path("progemu-data"), description="spool, results, job store (SQLite by default)")
@@ -153,8 +163,18 @@ class Settings(BaseSettings):
                                        "(Orthanc's DicomModalities key; default: our AE title)")
     pacs_dicom: Peer | None = Field(None, description="for a PACS without Orthanc's REST API: AET@HOST:PORT "
                                     "to C-MOVE studies from")
-    destination: Peer | None = Field(None, description="where results go by C-STORE, AET@HOST:PORT (default: "
-                                     "the peer that sent the study)")
+    pacs_dicomweb_url: str | None = Field(None, description="for a PACS reached by DICOMweb: its base URL "
+                                          "(https://host/dicom-web), to find studies by QIDO-RS and fetch them by "
+                                          "WADO-RS (used when neither pacs_url nor pacs_dicom is set)")
+    dicomweb_username: str | None = Field(None, description="HTTP Basic user at the DICOMweb PACS")
+    dicomweb_password: SecretStr | None = Field(None, description="HTTP Basic password at the DICOMweb PACS")
+    dicomweb_token: SecretStr | None = Field(None, description="bearer token at the DICOMweb PACS (instead of "
+                                             "user and password)")
+    dicomweb_allow_http: bool = Field(False, description="allow plain-http DICOMweb URLs (test servers only: "
+                                      "images and credentials would travel in clear)")
+    destination: Annotated[DicomPeer | DicomWebTarget, BeforeValidator(_destination)] | None = Field(
+        None, description="where results go: AET@HOST:PORT by C-STORE, or dicomweb+https://host/dicom-web by "
+        "STOW-RS (default: the peer that sent the study)")
     fhir_url: str | None = Field(None, description="FHIR base URL for the results Bundle (none: no FHIR delivery)")
     fhir_token: SecretStr | None = Field(None, description="bearer token for the FHIR server")
     delivery_retry_seconds: float = Field(30.0, gt=0, description="first retry delay of a failed delivery; "

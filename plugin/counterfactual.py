@@ -1,4 +1,4 @@
-"""One use case: a prior DICOM image + hypothesis -> counterfactual SC, SR, FHIR Bundle and preview.
+"""One use case: a prior DICOM image + hypothesis -> counterfactual SC, SR, report page, PDF, FHIR and preview.
 
 This is the only place where the two wings meet: dicom_io reads and writes
 DICOM/FHIR, inference generates, and nothing here knows the details of either.
@@ -22,15 +22,17 @@ from pydicom.uid import generate_uid
 
 from dicom_io.fhir import build_fhir_bundle
 from dicom_io.geometry import from_square, to_square
+from dicom_io.pdf_report import build_pdf_report
 from dicom_io.reader import PriorImage, check_patient_record, read_prior
 from dicom_io.records import AlgorithmRecord, ConsistencyCheck, CounterfactualText, ResultChecks
 from dicom_io.report_page import build_report_page
 from dicom_io.sc import build_counterfactual_sc
 from dicom_io.spool import write_atomically
-from dicom_io.sr import build_counterfactual_sr
+from dicom_io.sr import HypothesisFinding, build_counterfactual_sr
 from inference.composition import baseline, compose
 from inference.consistency import check_counterfactual
 from inference.engines.base import CancelCheck, ProgressCallback
+from inference.findings_text import FindingTuple
 from inference.loading import load_pipeline
 from inference.pipeline import Counterfactual, CounterfactualPipeline
 from inference.sampler import SamplerSettings
@@ -43,7 +45,7 @@ from plugin.results import AlgorithmIdentity, ChecksOut, DicomOutput, FileKind, 
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = {FileKind.SC: "counterfactual.dcm", FileKind.SR: "report.dcm", FileKind.REPORT_PAGE: "report_page.dcm",
-                FileKind.FHIR: "fhir.json", FileKind.PREVIEW: "preview.png"}
+                FileKind.PDF: "report_pdf.dcm", FileKind.FHIR: "fhir.json", FileKind.PREVIEW: "preview.png"}
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,20 @@ class CounterfactualOutputs:
     result: Counterfactual
     algorithm: AlgorithmRecord
     checks: ResultChecks
+    pdf: pydicom.Dataset | None = None
+    """None when ``Settings.pdf_report`` is off."""
 
-    def dicom(self, kind: OutputKind) -> pydicom.Dataset:
-        return {OutputKind.SC: self.sc, OutputKind.SR: self.sr, OutputKind.REPORT_PAGE: self.report_page}[kind]
+    def dicoms(self) -> dict[OutputKind, pydicom.Dataset]:
+        """The DICOM outputs this request made, in the order they are sent."""
+        made = {OutputKind.SC: self.sc, OutputKind.SR: self.sr, OutputKind.REPORT_PAGE: self.report_page,
+                OutputKind.PDF: self.pdf}
+        return {kind: dataset for kind, dataset in made.items() if dataset is not None}
 
     def job_results(self, files: Mapping[FileKind, Path]) -> JobResults:
         """The job store's record of these outputs, once written to ``files``."""
-        outputs = [DicomOutput(kind=kind, series_instance_uid=self.dicom(kind).SeriesInstanceUID,
-                               sop_instance_uid=self.dicom(kind).SOPInstanceUID,
-                               sop_class_uid=self.dicom(kind).SOPClassUID) for kind in OutputKind]
+        outputs = [DicomOutput(kind=kind, series_instance_uid=dataset.SeriesInstanceUID,
+                               sop_instance_uid=dataset.SOPInstanceUID, sop_class_uid=dataset.SOPClassUID)
+                   for kind, dataset in self.dicoms().items()]
         algorithm = AlgorithmIdentity(name=self.algorithm.name, version=self.algorithm.version,
                                       checkpoint_sha256=self.algorithm.checkpoint_sha256)
         return JobResults(outputs=tuple(outputs), interpretation=self.result.interpretation, algorithm=algorithm,
@@ -123,21 +130,32 @@ class CounterfactualUseCase:
         algorithm = algorithm_record(self.pipeline, result.settings)
         text = CounterfactualText(hypothesis=result.hypothesis, interpretation=result.interpretation)
         sc = build_counterfactual_sc(prior.dataset, counterfactual, algorithm=algorithm, text=text, checks=checks)
-        sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text, checks=checks)
+        sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text, checks=checks,
+                                     finding=_hypothesis_finding(consistency.hypothesis_finding))
         page = build_report_page(prior.dataset, prior.pixels, counterfactual, algorithm=algorithm, text=text,
                                  checks=checks, counterfactual_sop_instance_uid=sc.SOPInstanceUID)
+        pdf = build_pdf_report(prior.dataset, prior.pixels, counterfactual, sc=sc, algorithm=algorithm, text=text,
+                               checks=checks) if self.config.pdf_report else None
         fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text, checks=checks,
                                  fhir_version=self.config.fhir_version)
         preview = render_preview(prior.pixels, counterfactual,
                                  baseline=baseline(prior.pixels, reconstruction, result.composition),
                                  hypothesis=result.hypothesis, interpretation=result.interpretation, checks=checks)
         log.info("counterfactual SC %s and SR %s built", sc.SOPInstanceUID, sr.SOPInstanceUID)
-        return CounterfactualOutputs(sc, sr, page, fhir, preview, result, algorithm, checks)
+        return CounterfactualOutputs(sc, sr, page, fhir, preview, result, algorithm, checks, pdf)
 
     @property
     def model_name(self) -> str:
         spec = self.pipeline.model.spec
         return f"{spec.name} {spec.version}"
+
+
+def _hypothesis_finding(named: FindingTuple | None) -> HypothesisFinding | None:
+    """What the hypothesis names, as plain words for the SR's coded items (dicom_io knows no model types)."""
+    if named is None:
+        return None
+    side = (named.location or "").partition("_")[0] or None
+    return HypothesisFinding(finding=named.finding, side=side, direction=named.direction)
 
 
 def load_use_case(config: Settings) -> CounterfactualUseCase:
@@ -158,9 +176,10 @@ def write_outputs(outputs: CounterfactualOutputs, out_dir: str | os.PathLike) ->
     """Write every output into ``out_dir`` and return their paths."""
     directory = Path(out_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    paths = {kind: directory / name for kind, name in OUTPUT_NAMES.items()}
-    for kind in OutputKind:
-        dataset = outputs.dicom(kind)
+    dicoms = outputs.dicoms()
+    not_made = {FileKind(kind) for kind in OutputKind if kind not in dicoms}  # the PDF when it is off
+    paths = {kind: directory / name for kind, name in OUTPUT_NAMES.items() if kind not in not_made}
+    for kind, dataset in dicoms.items():
         _save(paths[FileKind(kind)], functools.partial(dataset.save_as, enforce_file_format=True))
     _save(paths[FileKind.FHIR], lambda stream: stream.write((json.dumps(outputs.fhir, indent=2) + "\n").encode()))
     _save(paths[FileKind.PREVIEW], lambda stream: outputs.preview.save(stream, format="PNG"))

@@ -1,7 +1,7 @@
 """Delivery of one job's results to one target, through a registry of target handlers.
 
-Each kind of target (a DICOM peer by C-STORE, a FHIR server by transaction; DICOMweb
-and others later) is a handler registered under its kind. The outbox (pending rows of
+Each kind of target (a DICOM peer by C-STORE, a DICOMweb service by STOW-RS, a FHIR server
+by transaction) is a handler registered under its kind. The outbox (pending rows of
 the job store) makes delivery durable: a :class:`~plugin.errors.TransientError` is
 retried with a doubling delay until the give-up age; a
 :class:`~plugin.errors.PermanentError`, such as a kind nobody handles, fails at once.
@@ -20,12 +20,15 @@ import ssl
 from typing import Protocol
 
 import httpx
+import pydicom
 
 from dicom_io.fhir import as_transaction
 from dicom_io.peers import DicomPeer
 from dicom_io.sender import DicomSendError, store
 from dicom_io.tls import client_context
+from plugin import dicomweb
 from plugin.config import Settings
+from plugin.dicomweb import DicomWebTarget
 from plugin.errors import DeliveryError, PermanentError, UnknownDeliveryTarget, backoff
 from plugin.metrics import DELIVERIES
 from plugin.results import FileKind, JobResults
@@ -79,10 +82,12 @@ def check_fhir_url(url: str, config: Settings) -> None:
 
 
 def check_settings(config: Settings) -> None:
-    """Refuse at the node's start what would fail every delivery: a plain-http FHIR URL not allowed, or
-    outbound TLS whose certificates cannot be loaded. Raises PermanentError with one line."""
+    """Refuse at the node's start what would fail every delivery: a plain-http FHIR or DICOMweb URL not allowed,
+    or outbound TLS whose certificates cannot be loaded. Raises PermanentError with one line."""
     if config.fhir_url:
         check_fhir_url(config.fhir_url, config)
+    if isinstance(config.destination, DicomWebTarget):
+        dicomweb.check_url(config.destination.url, config)
     outbound_tls(config)
 
 
@@ -132,8 +137,33 @@ class FhirTransaction:
         log.info("FHIR transaction accepted (%d)", response.status_code)
 
 
+class DicomWebStore:
+    """The SC, SR and report page by STOW-RS to a DICOMweb service (``dicomweb+https://host/dicom-web``)."""
+
+    kind = "dicomweb"
+
+    def send(self, target: str, results: JobResults, config: Settings) -> None:
+        try:
+            url = DicomWebTarget.parse(target).url
+        except ValueError as exc:
+            raise PermanentError(f"DICOMweb target: {exc}") from None
+        datasets = [pydicom.dcmread(path) for path in results.dicom_files()]
+        with dicomweb.translated("STOW-RS", DeliveryError):
+            answer = dicomweb.client(url, config).store_instances(datasets)
+        failed = answer.get("FailedSOPSequence") or []
+        if failed:  # a 200 or 202 may still refuse some; the outbox sends them all again
+            raise DeliveryError(f"STOW-RS: the DICOMweb server refused {len(failed)} of {len(datasets)} instance(s)")
+        log.info("STOW-RS stored %d instance(s)", len(datasets))
+
+
 DICOM = register(DicomStore()).kind
+DICOMWEB = register(DicomWebStore()).kind
 FHIR = register(FhirTransaction()).kind
+
+
+def destination_kind(destination: str) -> str:
+    """The kind of target a job's destination is: a DICOMweb service, else a DICOM peer."""
+    return DICOMWEB if destination.startswith(dicomweb.PREFIX) else DICOM
 
 
 def _outcome(response: httpx.Response) -> str:

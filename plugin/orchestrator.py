@@ -29,7 +29,7 @@ from inference.sampler import Deadline, SamplerSettings
 from plugin.audit import AuditTrail
 from plugin.config import Settings
 from plugin.counterfactual import OUTPUT_NAMES, CounterfactualUseCase, load_use_case, write_outputs
-from plugin.delivery import DICOM, FHIR, deliver, retry_delay
+from plugin.delivery import FHIR, deliver, destination_kind, retry_delay
 from plugin.errors import PermanentError, PermanentJobError, TransientError
 from plugin.jobs import NEEDS_STUDY, DeliveryState, JobState, JobStore, JobView, NewJob
 from plugin.results import JobResults
@@ -72,7 +72,9 @@ class Orchestrator:
         self.retention = Retention(config, self.store, self.spool, self.results_dir, receiving=self._receiving)
         from plugin.retrieval import Retriever
 
-        self.retriever = Retriever(config)  # one PACS client per process, not one per request
+        # one PACS client per process, not one per request; a study fetched by WADO-RS is handed over as if the
+        # listener had received it
+        self.retriever = Retriever(config, spool=self.spool, hand_over=self.on_study_complete)
         self._use_case: CounterfactualUseCase | None = None
         self._use_case_lock = threading.Lock()
         self._generate_lock = threading.Lock()
@@ -304,7 +306,7 @@ class Orchestrator:
         missing = sorted(name for name in results.files.values() if not (self.results_dir / job_id / name).is_file())
         if missing:
             raise ValueError(f"result files not uploaded: {', '.join(missing)}")
-        deliveries = ([(DICOM, job.destination)] if job.destination else []) + (
+        deliveries = ([(destination_kind(job.destination), job.destination)] if job.destination else []) + (
             [(FHIR, job.fhir_url)] if job.fhir_url else [])
         if not self.store.finish_generation(job_id, attempt, results, deliveries):
             raise Superseded(f"job {job_id} moved on while its results were handed over")

@@ -25,6 +25,8 @@ class OutputKind(enum.StrEnum):
     """The structured report (TID 1500) with the hypothesis, interpretation and provenance."""
     REPORT_PAGE = "report_page"
     """The report as an image, for viewers that do not render SR text."""
+    PDF = "pdf"
+    """The report as an Encapsulated PDF (searchable text); off when ``Settings.pdf_report`` is."""
 
 
 class FileKind(enum.StrEnum):
@@ -33,6 +35,7 @@ class FileKind(enum.StrEnum):
     SC = "sc"
     SR = "sr"
     REPORT_PAGE = "report_page"
+    PDF = "pdf"
     FHIR = "fhir"
     PREVIEW = "preview"
 

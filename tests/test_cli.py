@@ -30,7 +30,7 @@ from tests.test_reader import corrupt_rle_dx
 
 PATIENT: dict[str, Any] = {"patient_name": "DOE^JANE", "patient_id": "MRN-778899", "patient_birth_date": "19510203"}
 DEMO_PRIOR = Path(__file__).parents[1] / "plugin" / "assets" / "demo_prior.dcm"
-OUTPUTS = ("counterfactual.dcm", "report.dcm", "report_page.dcm", "fhir.json", "preview.png")
+OUTPUTS = ("counterfactual.dcm", "report.dcm", "report_page.dcm", "report_pdf.dcm", "fhir.json", "preview.png")
 
 
 @pytest.fixture

@@ -156,7 +156,7 @@ def test_requests_to_the_node_end_with_the_results_in_orthanc(deployment: Deploy
         assert isinstance(job, dict)
         assert job["state"] == "done", (job, deployment.worker.logs()[-3000:], deployment.node.logs()[-3000:])
         assert [(d["kind"], d["state"]) for d in job["deliveries"]] == [("dicom", "done")]
-        wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 60,  # noqa: B023
+        wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DOC", "DX", "OT", "OT", "SR"], 60,  # noqa: B023
                  "the SC, report page and SR in Orthanc")
     worker_log = deployment.worker.logs()
     assert worker_log.count(MODEL_LOADED) == 1, worker_log[-3000:]

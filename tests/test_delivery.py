@@ -79,14 +79,14 @@ def test_a_registered_handler_receives_the_typed_results(tmp_path: Path, node: O
 
 def test_an_unknown_kind_fails_at_once_with_a_reason_and_is_never_redispatched(tmp_path: Path,
                                                                               node: Orchestrator) -> None:
-    with pytest.raises(UnknownDeliveryTarget, match="'dicomweb'.*known: dicom, fhir"):
-        deliver("dicomweb", "https://pacs/wado", _results(tmp_path), node.config)
+    with pytest.raises(UnknownDeliveryTarget, match="'hl7v2'.*known: dicom, dicomweb, fhir"):
+        deliver("hl7v2", "mllp://ris:2575", _results(tmp_path), node.config)
     assert issubclass(UnknownDeliveryTarget, PermanentError)
-    job_id = _delivering_job(node, tmp_path, ("dicomweb", "https://pacs/wado"))
+    job_id = _delivering_job(node, tmp_path, ("hl7v2", "mllp://ris:2575"))
     [delivery_id] = node.store.claim_due_deliveries(dt.timedelta(minutes=1), job_id=job_id)
     node.deliver(delivery_id)
     job = node.store.get(job_id)
-    assert job.deliveries[0].state == DeliveryState.FAILED and "dicomweb" in job.deliveries[0].last_error
+    assert job.deliveries[0].state == DeliveryState.FAILED and "hl7v2" in job.deliveries[0].last_error
     assert job.state == JobState.FAILED and job.reason == "1 of 1 deliveries failed"
     node.store.release_delivery_claims()
     assert node.sweep_outbox() == 0  # nothing left pending: the sweeper never hands it out again

@@ -58,7 +58,7 @@ def test_generate_writes_results_records_outputs_and_queues_deliveries(tmp_path:
     assert job.state == JobState.DELIVERING and job.attempts == 1 and job.worker == "test:1"
     assert [(d.kind, d.target) for d in job.deliveries] == [("dicom", "PACS@127.0.0.1:104"),
                                                           ("fhir", "http://127.0.0.1:9/fhir")]
-    assert [output.kind for output in job.results.outputs] == ["sc", "sr", "report_page"]
+    assert [output.kind for output in job.results.outputs] == ["sc", "sr", "report_page", "pdf"]
     files = job.results.located(node.results_dir / job_id)  # the record names files in the job's results directory
     for output, path in zip(job.results.outputs, files.dicom_files(), strict=True):
         written = pydicom.dcmread(path)

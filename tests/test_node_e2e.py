@@ -64,7 +64,7 @@ def test_request_brings_sr_and_sc_back_into_the_same_study(pacs, tmp_path: Path)
     assert job["state"] == "done", (job, node.log_tail())
     assert [(d["kind"], d["state"]) for d in job["deliveries"]] == [("dicom", "done"), ("fhir", "done")]
     assert job["deliveries"][0]["target"] == "ORTHANC"  # the API shows no addresses
-    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30,
+    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DOC", "DX", "OT", "OT", "SR"], 30,
              "SC, report page and SR in Orthanc")
     assert set(job["results"]) == {"outputs", "interpretation", "algorithm", "settings", "checks"}  # the allow-list
     for output in job["results"]["outputs"]:
@@ -117,7 +117,8 @@ def test_a_pacs_without_orthancs_api_is_asked_with_c_move(pacs, tmp_path: Path) 
     finally:
         node.stop()
     assert job["state"] == "done", job
-    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30, "results via C-MOVE")
+    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DOC", "DX", "OT", "OT", "SR"], 30,
+             "results via C-MOVE")
 
 
 def test_a_study_the_pacs_does_not_hold_is_a_404(pacs) -> None:
@@ -136,7 +137,8 @@ def test_a_pushed_study_matching_a_routing_rule_gets_its_preset_hypothesis(pacs,
     job = node.wait_until(jobs[0]["id"], {"done", "failed"})
     assert job["state"] == "done", job
     assert job["source"] == "route:push-chest" and job["hypothesis"] == ROUTE["hypothesis"]
-    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DX", "OT", "OT", "SR"], 30, "routed results")
+    wait_for(lambda: _modalities(orthanc, prior.StudyInstanceUID) == ["DOC", "DX", "OT", "OT", "SR"], 30,
+             "routed results")
 
 
 def test_storescu_from_an_unknown_ae_is_refused(pacs, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""The Counterfactual form in Orthanc Explorer, driven in headless Chromium against a real Orthanc and node.
+"""The request page (opened from Orthanc Explorer's Counterfactual button), driven in headless Chromium
+against a real Orthanc and node.
 
-Screenshots of the filled form and of the finished study page go to test-artifacts/ (git-ignored)
-for a person to look at: orthanc-form.png and orthanc-done.png.
+Screenshots of the filled form and of the finished request go to test-artifacts/ (git-ignored) for a
+person to look at: orthanc-form.png and orthanc-page.png (the latter is docs/images/orthanc-page.png).
 """
 
 from __future__ import annotations
@@ -57,13 +58,21 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
-def _open_study(browser: WebDriver, stack: PluginStack, study_id: str) -> None:
-    """Log in through a page without scripts (Chromium then sends the cached credentials), then open
-    the study: a page loaded from a user:password@ URL makes jQuery Mobile's history calls throw."""
+def _open_page_from_the_explorer(browser: WebDriver, stack: PluginStack, study_id: str) -> None:
+    """Log in through a page without scripts (Chromium then sends the cached credentials), open the study in
+    Orthanc Explorer (a page loaded from a user:password@ URL makes jQuery Mobile's history calls throw), then
+    its Counterfactual button, which opens the request page in a new tab."""
     port = stack.orthanc.http_port
     browser.get(f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/system")
     browser.get(f"http://127.0.0.1:{port}/app/explorer.html#study?uuid={study_id}")
-    WebDriverWait(browser, 20).until(ec.element_to_be_clickable((By.ID, "progemu-button")))
+    button = WebDriverWait(browser, 20).until(ec.element_to_be_clickable((By.ID, "progemu-button")))
+    assert button.get_attribute("href") == f"http://127.0.0.1:{port}/progemu/app/studies/{study_id}"
+    assert button.get_attribute("target") == "_blank"
+    explorer = browser.current_window_handle
+    button.click()
+    WebDriverWait(browser, 10).until(lambda b: len(b.window_handles) == 2)
+    browser.switch_to.window(next(handle for handle in browser.window_handles if handle != explorer))
+    WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith(f"/progemu/app/studies/{study_id}"))
 
 
 def _text(browser: WebDriver, element_id: str) -> str:
@@ -74,11 +83,9 @@ def _wait_for_text(browser: WebDriver, element_id: str, timeout: float = 15) -> 
     return WebDriverWait(browser, timeout).until(lambda b: _text(b, element_id))
 
 
-def test_counterfactual_from_the_study_page(browser: WebDriver, stack: PluginStack, tmp_path: Path) -> None:
+def test_counterfactual_from_the_request_page(browser: WebDriver, stack: PluginStack, tmp_path: Path) -> None:
     study_id, study_uid = stack.upload_prior(tmp_path)
-    _open_study(browser, stack, study_id)
-    assert not browser.find_element(By.ID, "progemu-form").is_displayed(), "the form opens on demand"
-    browser.find_element(By.ID, "progemu-button").click()
+    _open_page_from_the_explorer(browser, stack, study_id)
     form = WebDriverWait(browser, 10).until(ec.visibility_of_element_located((By.ID, "progemu-form")))
     assert "not for diagnosis" in browser.find_element(By.ID, "progemu-panel").text
 
@@ -121,33 +128,42 @@ def test_counterfactual_from_the_study_page(browser: WebDriver, stack: PluginSta
     assert set(seen) <= {"queued", "receiving", "running", "delivering", "done"}
     assert not browser.find_element(By.ID, "progemu-error").is_displayed()
 
-    links = WebDriverWait(browser, 10).until(
-        lambda b: b.find_elements(By.CSS_SELECTOR, "#progemu-results a.progemu-series-link"))
+    # the report page, through Orthanc's rendering of its instance, has loaded
+    image = WebDriverWait(browser, 15).until(
+        lambda b: b.execute_script("const i = document.getElementById('progemu-report-image');"
+                                   "return i && i.complete && i.naturalWidth > 0 ? i : null;"))
+    assert "/instances/" in image.get_attribute("src") and image.get_attribute("src").endswith("/preview")
     results = _text(browser, "progemu-results")
-    assert "Interpretation" in results and "not for diagnosis" in results and "Seed 11, guidance scale 2" in results
-    linked = {link.get_attribute("data-kind"): link.get_attribute("href").split("explorer.html#series?uuid=")
-              for link in links}
-    assert set(linked) == {"sc", "sr", "report_page"}
-    assert [link.text for link in links] == ["Counterfactual image (SC)", "Structured report (SR)", "Report page (SC)"]
+    assert f"Hypothesis: {HYPOTHESIS}" in results and "Seed 11, guidance scale 2" in results
+    assert "not for diagnosis" in results
+    [job] = [item for item in stack.request("GET", f"/progemu/studies/{study_id}/counterfactuals").json()["items"]]
+    assert _text(browser, "progemu-interpretation") == job["results"]["interpretation"].strip()
+    consistency = job["results"]["checks"]["consistency"]
+    assert _text(browser, "progemu-checks").startswith(f"Consistency: {consistency['summary']}")
+    flagged = browser.find_elements(By.ID, "progemu-flagged")
+    assert bool(flagged) == (job["results"]["checks"]["flagged"] or consistency["consistent"] is False)
 
-    # the new series are in the study, under the ids the links point at, and the page lists them
-    series = {s["ID"]: s["MainDicomTags"] for s in stack.orthanc.series_of(study_uid)}
+    # each configured viewer, pointed at this study
+    viewers = {link.text: link.get_attribute("href")
+               for link in browser.find_elements(By.CSS_SELECTOR, "#progemu-viewers a.progemu-viewer")}
+    assert list(viewers) == [viewer["Name"] for viewer in load_orthanc_json()["ProgEmu"]["Viewers"]]
+    root = f"http://127.0.0.1:{stack.orthanc.http_port}/"
+    assert viewers["Orthanc Explorer"] == f"{root}app/explorer.html#study?uuid={study_id}"
+    assert viewers["Stone Web Viewer"] == f"{root}stone-webviewer/index.html?study={study_uid}"
+    assert viewers["OHIF"] == f"{root}ohif/viewer?StudyInstanceUIDs={study_uid}"
+
+    # the new series, by kind (other kinds of output may come along), under the ids the links point at
+    links = browser.find_elements(By.CSS_SELECTOR, "#progemu-results a.progemu-series-link")
+    linked = {link.get_attribute("data-kind"): link.get_attribute("href").split("#series?uuid=") for link in links}
+    assert {"sc", "sr", "report_page"} <= set(linked)
+    series = {s["ID"] for s in stack.orthanc.series_of(study_uid)}
     for kind, (prefix, series_id) in linked.items():
-        assert prefix.endswith("/app/"), prefix
-        assert series_id in series, f"{kind} link points at a series that is not in the study"
-    WebDriverWait(browser, 10).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, "#list-series li:not([data-role=list-divider])")) == 4)
+        assert prefix == f"{root}app/explorer.html" and series_id in series, kind
     history = WebDriverWait(browser, 10).until(lambda b: _text(b, "progemu-history"))
     assert f"done: {HYPOTHESIS}" in history
-    browser.save_screenshot(str(ARTIFACTS / "orthanc-done.png"))
+    browser.set_window_size(1200, browser.execute_script("return document.documentElement.scrollHeight") + 140)
+    browser.save_screenshot(str(ARTIFACTS / "orthanc-page.png"))
 
     # (the 400 above shows in the log as a network error; a script error would be ours)
     errors = [entry for entry in browser.get_log("browser") if entry["source"] == "javascript"]
     assert not errors, errors
-
-    # a link opens the series in Orthanc Explorer
-    sc_id = linked["sc"][1]
-    browser.find_element(By.CSS_SELECTOR, "#progemu-results a[data-kind=sc]").click()
-    WebDriverWait(browser, 15).until(lambda b: b.current_url.endswith(f"#series?uuid={sc_id}"))
-    WebDriverWait(browser, 15).until(
-        lambda b: series[sc_id]["SeriesInstanceUID"] in b.find_element(By.ID, "series-info").text)

@@ -135,7 +135,7 @@ def test_counterfactual_through_the_plugin_lands_in_the_study(stack: PluginStack
 
     series = {s["MainDicomTags"]["SeriesInstanceUID"]: s["ID"] for s in stack.orthanc.series_of(study_uid)}
     expected = {output["kind"]: output["series_instance_uid"] for output in job["results"]["outputs"]}
-    assert set(expected) == {"sc", "sr", "report_page"}
+    assert set(expected) == {"sc", "sr", "report_page", "pdf"}
     assert set(expected.values()) <= set(series), "the SC and SR series are not in the Orthanc study"
     # one link per output, in the node's order, each with the series' Orthanc id
     assert [(entry["kind"], entry["uid"], entry["id"]) for entry in job["orthanc_series"]] == [
@@ -143,6 +143,16 @@ def test_counterfactual_through_the_plugin_lands_in_the_study(stack: PluginStack
     modalities = {stack.orthanc.get(f"/series/{series[uid]}").json()["MainDicomTags"]["Modality"]
                   for uid in expected.values()}
     assert "SR" in modalities
+    # what the request page shows: the report page's instance (Orthanc renders it) and the study's viewers
+    page_uid = next(o["sop_instance_uid"] for o in job["results"]["outputs"] if o["kind"] == "report_page")
+    assert stack.orthanc.get(f"/instances/{job['report_image']}").json()["MainDicomTags"]["SOPInstanceUID"] == page_uid
+    preview = stack.orthanc.get(f"/instances/{job['report_image']}/preview")
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    assert job["viewers"][0] == {"name": "Orthanc Explorer", "url": f"app/explorer.html#study?uuid={study_id}"}
+    assert [viewer["name"] for viewer in job["viewers"]] == ["Orthanc Explorer", "Stone Web Viewer", "OHIF"]
+    page = stack.request("GET", f"/progemu/app/studies/{study_id}")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
 
     listed = stack.request("GET", f"/progemu/studies/{study_id}/counterfactuals")
     assert listed.status_code == 200
@@ -281,6 +291,8 @@ def test_bad_list_limit_is_400(stack: PluginStack, untouched_study: tuple[str, s
     ("DELETE", "/progemu/counterfactuals/{job}", "GET"),
     ("PUT", "/progemu/config", "GET"),
     ("POST", "/progemu/config", "GET"),
+    ("POST", "/progemu/app/studies/{study}", "GET"),
+    ("PUT", "/progemu/app/page.js", "GET"),
 ])
 def test_other_methods_are_405(stack: PluginStack, untouched_study: tuple[str, str], method: str, path: str,
                                allowed: str) -> None:

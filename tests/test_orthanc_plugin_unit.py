@@ -64,6 +64,7 @@ class FakeOrthanc:
         self.config: dict[str, Any] = {"ProgEmu": {"NodeUrl": NODE_URL, "Token": TOKEN},
                                        "AuthenticationEnabled": True, "RegisteredUsers": {USER: "pw"}}
         self.series: dict[str, str] = {}  # SeriesInstanceUID -> Orthanc id
+        self.instances: dict[str, str] = {}  # SOPInstanceUID -> Orthanc id
         self.routes: dict[str, Callable] = {}
         self.explorer: list[str] = []
         self.logs: list[tuple[str, str]] = []
@@ -85,7 +86,9 @@ class FakeOrthanc:
 
     def _post(self, uri: str, body: str) -> str:
         assert uri == "/tools/lookup"
-        return json.dumps([{"ID": self.series[body], "Type": "Series"}] if body in self.series else [])
+        return json.dumps([{"ID": self.series[body], "Type": "Series"}] if body in self.series else
+                          [{"ID": self.instances[body], "Type": "Instance"}] if body in self.instances else
+                          [{"ID": STUDY_ID, "Type": "Study"}] if body == STUDY_UID else [])
 
     def warnings(self) -> str:
         return "\n".join(message for level, message in self.logs if level == "Warning")
@@ -210,8 +213,10 @@ def test_register_reads_settings_and_adds_the_routes_and_the_form(load: Callable
     module = load()
     module.register()
     assert module.SETTINGS.node_url == NODE_URL and module.SETTINGS.timeout == 5.0
-    assert set(orthanc.routes.values()) == {module.study_counterfactuals, module.counterfactual, module.form_config}
+    assert set(orthanc.routes.values()) == {module.study_counterfactuals, module.counterfactual, module.form_config,
+                                            module.request_page, module.app_file}
     assert orthanc.explorer == [(PLUGIN_SCRIPT.parent / "explorer.js").read_text(encoding="utf-8")]
+    assert module.ASSETS["page.js"].body == (PLUGIN_SCRIPT.parent / "app" / "page.js").read_text(encoding="utf-8")
     assert f"plugin ready; node at {NODE_URL}" in orthanc.warnings()
     assert TOKEN not in "\n".join(message for _, message in orthanc.logs)
 
@@ -220,7 +225,7 @@ def test_orthanc_import_registers(load: Callable, orthanc: FakeOrthanc, monkeypa
     """Inside Orthanc, ``orthanc`` is a built-in module: importing the script is the plugin's start."""
     monkeypatch.setattr(sys, "builtin_module_names", (*sys.builtin_module_names, "orthanc"))
     load()
-    assert len(orthanc.routes) == 3 and len(orthanc.explorer) == 1
+    assert len(orthanc.routes) == 5 and len(orthanc.explorer) == 1
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -235,9 +240,11 @@ def test_settings_are_read_and_normalised(load: Callable) -> None:
     module = load()
     settings = module.load_settings({"ProgEmu": {
         "NodeUrl": "https://node:8443/", "Token": 12345, "Timeout": 60, "DefaultSeed": 3, "DefaultGuidanceScale": 2,
-        "MaxHypothesisLength": 200, "Suggestions": ["  the effusion worsens "]}})
+        "MaxHypothesisLength": 200, "Suggestions": ["  the effusion worsens "],
+        "Viewers": [{"Name": "OHIF", "Url": " https://ohif.test/viewer?StudyInstanceUIDs={StudyInstanceUID} "}]}})
     assert settings == module.Settings(node_url="https://node:8443", token="12345", timeout=60.0, default_seed=3,
-                                       default_cfg_scale=2.0, max_length=200, suggestions=("the effusion worsens",))
+                                       default_cfg_scale=2.0, max_length=200, suggestions=("the effusion worsens",),
+                                       viewers=(("OHIF", "https://ohif.test/viewer?StudyInstanceUIDs={StudyInstanceUID}"),))
     assert isinstance(settings.timeout, float) and isinstance(settings.default_cfg_scale, float)
 
 
@@ -267,6 +274,10 @@ def test_settings_merge_case_variants_of_the_section(load: Callable) -> None:
     pytest.param("Suggestions", "the effusion worsens", "suggestions", id="suggestions-text"),
     pytest.param("Suggestions", ["ok", ""], "suggestions", id="suggestions-with-empty"),
     pytest.param("Suggestions", ["ok", 3], "suggestions", id="suggestions-with-number"),
+    pytest.param("Viewers", {"OHIF": "ohif/viewer"}, "viewers", id="viewers-object"),
+    pytest.param("Viewers", ["app/explorer.html"], "viewers", id="viewers-list-of-text"),
+    pytest.param("Viewers", [{"Name": "OHIF", "Url": ""}], "viewers", id="viewers-empty-template"),
+    pytest.param("Viewers", [{"Name": "OHIF"}], "viewers", id="viewers-without-url"),
 ])
 def test_a_bad_setting_falls_back_to_its_default_with_a_warning(load: Callable, orthanc: FakeOrthanc, key: str,
                                                                 value: Any, field: str) -> None:
@@ -497,12 +508,12 @@ def test_reads_need_no_form_header(plugin: types.ModuleType, orthanc: FakeOrthan
     assert call(orthanc, "GET", "/progemu/config", headers={}).status == 200
 
 
-def test_the_explorer_form_sends_json_and_the_header(load: Callable, orthanc: FakeOrthanc) -> None:
-    load().register()
-    [script] = orthanc.explorer
-    post = script[script.index("type: 'POST'"):]
-    post = post[:post.index("});")]
-    assert "contentType: 'application/json'" in post and "headers: {'X-Requested-With': 'progemu'}" in post
+def test_the_page_sends_json_and_the_header_with_a_body(plugin: types.ModuleType) -> None:
+    script = plugin.ASSETS["page.js"].body
+    post = script[script.index("if (body !== undefined) {"):]
+    post = post[:post.index("}")]
+    assert "init.headers['Content-Type'] = 'application/json';" in post
+    assert "init.headers['X-Requested-With'] = 'progemu';" in post
 
 
 @pytest.mark.parametrize(("headers", "config", "expected"), [
@@ -621,7 +632,8 @@ def test_done_job_links_each_output_with_its_label(plugin: types.ModuleType, ort
         {"kind": "sr", "label": "Structured report (SR)", "uid": "1.2.3.2", "id": None},
         {"kind": "report_page", "label": "Report page (SC)", "uid": "1.2.3.3", "id": "page-orthanc-id"},
     ]
-    assert {key: value for key, value in answer.items() if key != "orthanc_series"} == job
+    added = {"orthanc_series", "report_image", "viewers"}
+    assert {key: value for key, value in answer.items() if key not in added} == job
 
 
 def test_a_new_kind_of_output_is_shown_under_its_own_name(plugin: types.ModuleType, orthanc: FakeOrthanc,
@@ -653,3 +665,56 @@ def test_results_in_another_shape_are_502_not_guessed(plugin: types.ModuleType, 
     assert answer.status == 502
     assert answer.json()["detail"] == (f"the ProgEmu node at {NODE_URL} answered with results this plugin cannot read "
                                        "(are the node and the plugin the same version?)")
+
+
+# --- the result on the page -----------------------------------------------------------------------
+
+def test_done_job_names_the_report_page_instance_and_the_viewers(load: Callable, orthanc: FakeOrthanc,
+                                                                  node: FakeNode,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page shows the report page through Orthanc's rendering of its instance, and links the study."""
+    orthanc.config["ProgEmu"]["Viewers"] = [
+        {"Name": "Orthanc Explorer", "Url": "app/explorer.html#study?uuid={UUID}"},
+        {"Name": "OHIF", "Url": "https://ohif.test/viewer?StudyInstanceUIDs={StudyInstanceUID}"}]
+    module = load()
+    module.register()
+    monkeypatch.setattr(module, "OPENER", node)
+    orthanc.instances = {"1.2.3.3.1": "page-instance-id", "1.2.3.1.1": "sc-instance-id"}
+    job = {"id": JOB_ID, "state": "done", "study_instance_uid": STUDY_UID, "results": RESULTS}
+    node.answers["GET", f"/v1/counterfactuals/{JOB_ID}"] = (200, job)
+    answer = call(orthanc, "GET", f"/progemu/counterfactuals/{JOB_ID}").json()
+    assert answer["report_image"] == "page-instance-id"
+    assert answer["viewers"] == [
+        {"name": "Orthanc Explorer", "url": f"app/explorer.html#study?uuid={STUDY_ID}"},
+        {"name": "OHIF", "url": f"https://ohif.test/viewer?StudyInstanceUIDs={STUDY_UID}"}]
+
+
+def test_a_viewer_that_needs_the_orthanc_id_is_left_out_while_orthanc_lacks_the_study(
+        plugin: types.ModuleType, orthanc: FakeOrthanc, node: FakeNode) -> None:
+    job = {"id": JOB_ID, "state": "running", "study_instance_uid": "1.2.999", "results": None}
+    node.answers["GET", f"/v1/counterfactuals/{JOB_ID}"] = (200, job)
+    answer = call(orthanc, "GET", f"/progemu/counterfactuals/{JOB_ID}").json()
+    assert (answer["report_image"], answer["viewers"]) == (None, [])  # the default: Orthanc Explorer, by {UUID}
+
+
+def test_the_request_page_of_a_study_is_served_with_its_files(plugin: types.ModuleType, orthanc: FakeOrthanc) -> None:
+    page = call(orthanc, "GET", f"/progemu/app/studies/{STUDY_ID}", headers={})
+    assert page.status == 200 and page.headers["Content-Type"] == "text/html" and page.body.isascii()
+    assert page.body == (PLUGIN_SCRIPT.parent / "app" / "page.html").read_text(encoding="utf-8")
+    assert "frame-ancestors 'self'" in page.headers["Content-Security-Policy"]
+    assert '<script src="../page.js">' in page.body and '<link rel="stylesheet" href="../page.css">' in page.body
+    for name, mime in (("page.js", "text/javascript"), ("page.css", "text/css")):
+        answer = call(orthanc, "GET", f"/progemu/app/{name}", headers={})
+        assert (answer.status, answer.headers["Content-Type"]) == (200, mime)
+        assert answer.body.isascii(), f"{name} must be ASCII: Orthanc is given its length in characters"
+    assert call(orthanc, "GET", f"/progemu/app/studies/{UNKNOWN_STUDY}", headers={}).status == 404
+    assert call(orthanc, "POST", f"/progemu/app/studies/{STUDY_ID}").status == 405
+    with pytest.raises(AssertionError, match="no route"):
+        call(orthanc, "GET", "/progemu/app/progemu_orthanc.py")
+
+
+def test_the_explorer_button_opens_the_page_of_the_study(plugin: types.ModuleType, orthanc: FakeOrthanc) -> None:
+    """One form: the legacy Explorer's button only links the page, in a new tab."""
+    [script] = orthanc.explorer
+    assert "'../progemu/app/studies/' + studyFromUrl()" in script and 'target="_blank"' in script
+    assert "progemu-hypothesis" not in script

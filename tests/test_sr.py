@@ -17,7 +17,7 @@ from dicom_io.records import (
     ResultChecks,
 )
 from dicom_io.sc import build_counterfactual_sc
-from dicom_io.sr import build_counterfactual_sr
+from dicom_io.sr import HypothesisFinding, build_counterfactual_sr
 from dicom_io.synthetic import build_synthetic_image
 from tests.support.dicom_validators import assert_dciodvfy_clean, dsrdump_text
 
@@ -216,3 +216,43 @@ def test_normal_and_unchecked_results_are_coded_as_such(prior, sc, algorithm, te
     (group,) = named(sr, "125007")  # the TID 1501 Measurement Group holds the checks, as TID 1500 viewers expect
     assert {"PGM003", "PGM004", "PGM005", "PGM006", "122411"} <= {
         item.ConceptNameCodeSequence[0].CodeValue for item in group.ContentSequence}
+
+
+def test_hypothesised_finding_side_and_direction_are_coded(prior, sc, algorithm, text, tmp_path) -> None:
+    sr = build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=NORMAL,
+                                 finding=HypothesisFinding(finding="effusion", side="left", direction="worsens"))
+    assert coded(sr, "121071") == ("60046008", "SCT")  # TID 1501's Finding: pleural effusion
+    assert coded(sr, "272741003") == ("7771000", "SCT")  # Laterality: left
+    assert coded(sr, "PGM007") == ("35105006", "SCT")  # hypothesised change: increased
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert_dciodvfy_clean(path)
+    dump = dsrdump_text(path)
+    for line in ('CODE:(,,"Finding")=(60046008,SCT,"Pleural effusion")', 'CODE:(,,"Laterality")=(7771000,SCT,"Left")',
+                 'CODE:(,,"Hypothesised change")=(35105006,SCT,"Increased")'):
+        assert line in dump, line
+
+
+@pytest.mark.parametrize(("finding", "expected"), [
+    (HypothesisFinding("oedema", None, "develops"), {"121071": ("19242006", "SCT"), "PGM007": ("7147002", "SCT")}),
+    (HypothesisFinding("pneumothorax", "right", "resolves"),
+     {"121071": ("36118008", "SCT"), "272741003": ("24028007", "SCT"), "PGM007": ("PGM008", "99PROGEMU")}),
+    (HypothesisFinding("consolidation", "right", "unchanged"),
+     {"121071": ("95436008", "SCT"), "PGM007": ("260388006", "SCT")}),
+])
+def test_every_finding_and_direction_has_a_code(prior, sc, algorithm, text, finding, expected) -> None:
+    sr = build_counterfactual_sr(prior, sc, algorithm=algorithm, text=text, checks=NORMAL, finding=finding)
+    assert {name: coded(sr, name) for name in expected} == expected
+    assert bool(named(sr, "272741003")) == (finding.side is not None)
+
+
+def test_without_a_known_finding_the_group_is_an_imaging_finding(sr) -> None:
+    assert coded(sr, "121071") == ("365853002", "SCT")
+    assert not named(sr, "272741003") and not named(sr, "PGM007")
+
+
+def test_prior_and_counterfactual_are_the_groups_source_images(sr, sc, prior) -> None:
+    sources = [item for item in walk(sr.ContentSequence)
+               if item.ValueType == "IMAGE" and item.ConceptNameCodeSequence[0].CodeValue == "121112"]
+    assert [ref.ReferencedSOPInstanceUID for item in sources for ref in item.ReferencedSOPSequence] == [
+        prior.SOPInstanceUID, sc.SOPInstanceUID]

@@ -115,7 +115,7 @@ def test_a_worker_on_another_host_generates_and_a_killed_one_is_replaced_and_the
         job = node.wait_until(job_id, {"done", "failed"}, timeout=300)
         assert job["state"] == "done", (job, node.log_tail())
         assert job["attempts"] == 2 and [(d["kind"], d["state"]) for d in job["deliveries"]] == [("dicom", "done")]
-        assert sorted(o["kind"] for o in job["results"]["outputs"]) == ["report_page", "sc", "sr"]
+        assert sorted(o["kind"] for o in job["results"]["outputs"]) == ["pdf", "report_page", "sc", "sr"]
 
         in_pacs = collections.Counter(study_sop_uids(orthanc, prior.StudyInstanceUID))
         outputs = {o["sop_instance_uid"] for o in job["results"]["outputs"]}

@@ -1,4 +1,4 @@
-"""Orthanc plugin: ask the ProgEmu node for a counterfactual of a study from Orthanc Explorer.
+"""Orthanc plugin: ask the ProgEmu node for a counterfactual of a study, from a page Orthanc serves.
 
 Runs inside Orthanc (orthanc-python, Debian's Python 3.11), so it uses the standard library only.
 It validates what the radiologist typed, relays it to the node's REST API with the node's bearer
@@ -6,14 +6,17 @@ token (which never reaches the browser), and maps every failure to a 4xx/502 wit
 ``detail``: an uncaught exception would become a bare 500 without explanation.
 
 Cross-site requests: the routes sit behind Orthanc's Basic authentication, which a browser replays for any
-page, so a POST must prove it comes from the Explorer form (:func:`_refuse_cross_site`): a JSON content type
+page, so a POST must prove it comes from the request page (:func:`_refuse_cross_site`): a JSON content type
 and a custom header, neither of which a cross-site form can send without a CORS preflight that Orthanc never
 grants, and no foreign Origin. The job names the Orthanc user who asked (``requester``), taken from the Basic
 credentials Orthanc has already checked.
 
+The request page (``/progemu/app/studies/{id}``, files in app/) is the one form: the legacy Explorer's button
+(explorer.js) and Orthanc Explorer 2's CustomButtons entry both open it, since OE2 loads no Explorer extension.
+
 Configuration: the ``ProgEmu`` section of Orthanc's configuration (see docker/orthanc/orthanc.json),
-read by :func:`register`, which adds the routes and the form to Orthanc. Orthanc's import of this file
-calls it (see the end); a test's import, with a stand-in ``orthanc`` module, does not.
+read by :func:`register`, which adds the routes, the page and the Explorer button to Orthanc. Orthanc's
+import of this file calls it (see the end); a test's import, with a stand-in ``orthanc`` module, does not.
 Nothing about the patient (tags, hypothesis text) goes into the log.
 """
 
@@ -38,7 +41,7 @@ import orthanc
 ORTHANC_ID = r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}"
 JOB_ID = r"[A-Za-z0-9_-]{1,64}"
 JSON = "application/json"
-# what explorer.js sends with every POST: a header a cross-site form cannot add without a CORS preflight
+# what app/page.js sends with every POST: a header a cross-site form cannot add without a CORS preflight
 FORM_HEADER, FORM_HEADER_VALUE = "X-Requested-With", "progemu"
 MAX_CFG_SCALE = 30.0
 MAX_BODY_BYTES = 64 * 1024
@@ -52,8 +55,17 @@ DEFAULT_SUGGESTIONS = (
     "a left-sided pneumothorax appears",
 )
 NOTICE = "Synthetic images, not for diagnosis"
-# the node's results.outputs[].kind, as the Explorer form names the new series
-OUTPUT_LABELS = {"sc": "Counterfactual image (SC)", "sr": "Structured report (SR)", "report_page": "Report page (SC)"}
+# viewers the page links a study to, by name: a URL template relative to Orthanc's root (or absolute), its
+# placeholders {UUID} (the study's Orthanc id) and {StudyInstanceUID}
+DEFAULT_VIEWERS = (("Orthanc Explorer", "app/explorer.html#study?uuid={UUID}"),)
+APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app")
+# the page's own files; register() reads them once
+APP_FILES = {"page.html": "text/html", "page.js": "text/javascript", "page.css": "text/css"}
+# the page loads nothing but its own files and Orthanc's rendering of an instance, and is framed by Orthanc only
+PAGE_POLICY = "default-src 'self'; img-src 'self' data:; frame-ancestors 'self'; form-action 'none'"
+# the node's results.outputs[].kind, as the request page names the new series
+OUTPUT_LABELS = {"sc": "Counterfactual image (SC)", "sr": "Structured report (SR)", "report_page": "Report page (SC)",
+                 "pdf": "Report (PDF)"}
 # straight to the node: it sits on Orthanc's own network, and an http_proxy in Orthanc's environment must not catch it
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -120,6 +132,7 @@ class Settings:
     suggestions: tuple[str, ...] = DEFAULT_SUGGESTIONS
     # Orthanc's RegisteredUsers when it checks them (AuthenticationEnabled): only these are named as requester
     users: frozenset[str] = frozenset()
+    viewers: tuple[tuple[str, str], ...] = DEFAULT_VIEWERS
 
 
 def _checked_users(config: dict[str, Any]) -> frozenset[str]:
@@ -137,6 +150,12 @@ def load_settings(config: dict[str, Any]) -> Settings:
     token = _setting(section, "Token", None, "text", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool))
     suggestions = _setting(section, "Suggestions", Settings.suggestions, "a list of phrases",
                            lambda v: isinstance(v, list) and all(isinstance(s, str) and s.strip() for s in v))
+    # a list, not an object: Orthanc hands the configuration over with its objects' keys sorted
+    viewers = _setting(section, "Viewers", [{"Name": n, "Url": u} for n, u in Settings.viewers],
+                       'a list of {"Name": ..., "Url": ...}',
+                       lambda v: isinstance(v, list) and all(
+                           isinstance(x, dict) and set(x) == {"Name", "Url"} and all(
+                               isinstance(t, str) and t.strip() for t in x.values()) for x in v))
     node_url = _setting(section, "NodeUrl", Settings.node_url, "an http(s) URL",
                         lambda v: isinstance(v, str) and re.match(r"https?://[^/]", v) is not None)
     return Settings(
@@ -148,6 +167,7 @@ def load_settings(config: dict[str, Any]) -> Settings:
         max_length=_number(section, "MaxHypothesisLength", int, Settings.max_length, 1),
         suggestions=tuple(s.strip() for s in suggestions),
         users=_checked_users(config),
+        viewers=tuple((viewer["Name"].strip(), viewer["Url"].strip()) for viewer in viewers),
     )
 
 
@@ -156,12 +176,25 @@ SETTINGS = Settings()  # register() replaces it with Orthanc's configuration
 
 # --- answers -------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Asset:
+    """A file of the request page, answered as it is rather than as JSON."""
+
+    mime: str
+    body: str
+
+
 def _send(output: Any, status: int, payload: Any) -> None:
-    """JSON with a status. ASCII-only text keeps len(body) equal to its byte count.
+    """JSON (or a page's file) with a status. ASCII-only text keeps len(body) equal to its byte count.
 
     SendHttpStatus takes (int, str, int) in orthanc-python 4.0 (bytes make it answer 500); it is
     the only way to send a body with a status other than 200. Where it fails we still send the code.
     """
+    if isinstance(payload, Asset):
+        output.SetHttpHeader("Content-Security-Policy", PAGE_POLICY)
+        output.SetHttpHeader("X-Content-Type-Options", "nosniff")
+        output.AnswerBuffer(payload.body, payload.mime)
+        return
     body = json.dumps(payload, ensure_ascii=True)
     if status == 200:
         output.AnswerBuffer(body, "application/json")
@@ -259,12 +292,13 @@ def _study_uid(study_id: str) -> str:
     return uid
 
 
-def _orthanc_series_id(series_uid: str) -> str | None:
+def _orthanc_id(uid: str, level: str) -> str | None:
+    """The Orthanc id of a study, series or instance (``level``: Study, Series, Instance) by its DICOM UID."""
     try:
-        found = json.loads(orthanc.RestApiPost("/tools/lookup", series_uid))
+        found = json.loads(orthanc.RestApiPost("/tools/lookup", uid))
     except orthanc.OrthancException:
         return None
-    return next((item["ID"] for item in found if item.get("Type") == "Series"), None)
+    return next((item["ID"] for item in found if item.get("Type") == level), None)
 
 
 def _node(method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
@@ -423,35 +457,82 @@ def study_counterfactuals(request: dict) -> tuple[int, Any]:
     return status, job
 
 
+def _viewers(study_uid: Any) -> list[dict[str, str]]:
+    """The configured viewers' links to the study, relative to Orthanc's root unless absolute; a template
+    that needs the study's Orthanc id is left out while Orthanc does not hold the study."""
+    if not isinstance(study_uid, str):
+        return []
+    study_id = _orthanc_id(study_uid, "Study")
+    links = []
+    for name, template in SETTINGS.viewers:
+        if "{UUID}" in template and study_id is None:
+            continue
+        url = template.replace("{StudyInstanceUID}", urllib.parse.quote(study_uid, safe=""))
+        links.append({"name": name, "url": url.replace("{UUID}", study_id or "")})
+    return links
+
+
+def _report_image(outputs: list[dict[str, Any]]) -> str | None:
+    """The Orthanc id of the report page's instance, which the page shows through Orthanc's own rendering."""
+    uid = next((output.get("sop_instance_uid") for output in outputs if output["kind"] == "report_page"), None)
+    return _orthanc_id(uid, "Instance") if isinstance(uid, str) else None
+
+
 @route("GET")
 def counterfactual(request: dict) -> tuple[int, Any]:
-    """The node's job plus, per DICOM output, what the form links: a label and the series' Orthanc id
-    (None until Orthanc holds it)."""
+    """The node's job plus what the page shows: per DICOM output a label and the series' Orthanc id (None
+    until Orthanc holds it), the report page's Orthanc instance id, and the links to the study's viewers."""
     _, job = _node("GET", f"/v1/counterfactuals/{request['groups'][0]}")
+    outputs = _outputs(job.get("results"))
     job["orthanc_series"] = [{"kind": output["kind"], "label": OUTPUT_LABELS.get(output["kind"], output["kind"]),
                               "uid": output["series_instance_uid"],
-                              "id": _orthanc_series_id(output["series_instance_uid"])}
-                             for output in _outputs(job.get("results"))]
+                              "id": _orthanc_id(output["series_instance_uid"], "Series")}
+                             for output in outputs]
+    job["report_image"] = _report_image(outputs)
+    job["viewers"] = _viewers(job.get("study_instance_uid"))
     return 200, job
 
 
 @route("GET")
 def form_config(request: dict) -> tuple[int, Any]:
-    """What the Explorer form needs; never the node's address or token."""
+    """What the request page needs; never the node's address or token."""
     return 200, {"suggestions": SETTINGS.suggestions, "max_hypothesis_length": SETTINGS.max_length,
                  "default_seed": SETTINGS.default_seed, "default_cfg_scale": SETTINGS.default_cfg_scale,
                  "max_cfg_scale": MAX_CFG_SCALE, "notice": NOTICE}
 
 
+ASSETS: dict[str, Asset] = {}  # register() reads app/ into it
+
+
+@route("GET")
+def request_page(request: dict) -> tuple[int, Any]:
+    """The request page of a study Orthanc holds (its script reads the study's id from the address)."""
+    _study_uid(request["groups"][0])
+    return 200, ASSETS["page.html"]
+
+
+@route("GET")
+def app_file(request: dict) -> tuple[int, Any]:
+    return 200, ASSETS[request["groups"][0]]
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
 def register() -> None:
-    """Read the settings, then add the routes and the form to Orthanc: the plugin's start."""
+    """Read the settings and the page's files, then add the routes, the page and the Explorer button to
+    Orthanc: the plugin's start."""
     global SETTINGS
     SETTINGS = load_settings(json.loads(orthanc.GetConfiguration()))
+    ASSETS.update({name: Asset(mime, _read(os.path.join(APP_DIR, name))) for name, mime in APP_FILES.items()})
     orthanc.RegisterRestCallback(f"/progemu/studies/({ORTHANC_ID})/counterfactuals", study_counterfactuals)
     orthanc.RegisterRestCallback(f"/progemu/counterfactuals/({JOB_ID})", counterfactual)
     orthanc.RegisterRestCallback("/progemu/config", form_config)
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "explorer.js"), encoding="utf-8") as script:
-        orthanc.ExtendOrthancExplorer(script.read())
+    orthanc.RegisterRestCallback(f"/progemu/app/studies/({ORTHANC_ID})", request_page)
+    orthanc.RegisterRestCallback(r"/progemu/app/(page\.js|page\.css)", app_file)
+    orthanc.ExtendOrthancExplorer(_read(os.path.join(os.path.dirname(APP_DIR), "explorer.js")))
     orthanc.LogWarning(f"ProgEmu: plugin ready; node at {SETTINGS.node_url}"
                        + ("" if SETTINGS.token else " (no ProgEmu.Token set: requests will fail)"))
 

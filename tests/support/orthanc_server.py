@@ -15,6 +15,7 @@ from tests.support.net import free_port, stop_process, wait_for
 
 ORTHANC = "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian's orthanc-dicomweb
 USER, PASSWORD = "progemu", "orthanc-test-password"
 
 
@@ -22,7 +23,8 @@ class OrthancServer:
     """Start with ``start()``, stop with ``stop()``; ``config`` is Orthanc's JSON configuration."""
 
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict | None = None,
-                 extra: dict | None = None) -> None:
+                 extra: dict | None = None, dicomweb: bool = False) -> None:
+        """``dicomweb``: also serve DICOMweb (QIDO-RS, WADO-RS, STOW-RS) at :attr:`dicomweb_url`."""
         if not Path(ORTHANC).exists():
             pytest.fail(f"{ORTHANC} missing: run `make setup` (Debian packages orthanc, orthanc-python)")
         self.workdir = workdir
@@ -37,12 +39,21 @@ class OrthancServer:
             "DicomCheckCalledAet": False, "HttpTimeout": 60, "DicomScuTimeout": 30, "ConcurrentJobs": 2,
             **(extra or {}),
         }
+        if dicomweb:
+            if not Path(DICOMWEB_PLUGIN).exists():
+                pytest.fail(f"{DICOMWEB_PLUGIN} missing: run `make setup` (Debian package orthanc-dicomweb)")
+            self.config["Plugins"] = [*self.config.get("Plugins", []), DICOMWEB_PLUGIN]
+            self.config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
         self.process: subprocess.Popen | None = None
         self.log_path = workdir / "orthanc.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
 
     @property
     def client(self) -> OrthancApiClient:
