@@ -91,14 +91,14 @@ def test_a_second_request_never_receives_or_processes_our_own_outputs(pacs, tmp_
     first = node.wait_until(node.post({"study_instance_uid": prior.StudyInstanceUID,
                                        "hypothesis": "The cardiomegaly worsens."}).json()["id"], {"done", "failed"})
     assert first["state"] == "done"
-    wait_for(lambda: len(orthanc.series_of(prior.StudyInstanceUID)) == 4, 30, "the first results in Orthanc")
+    wait_for(lambda: len(orthanc.series_of(prior.StudyInstanceUID)) == 5, 30, "the first results in Orthanc")
     second = node.wait_until(node.post({"study_instance_uid": prior.StudyInstanceUID,
                                         "hypothesis": "The cardiomegaly improves."}).json()["id"], {"done", "failed"})
     assert second["state"] == "done"
     spooled_series = {p.parent.name for p in (workdir / "node" / "data" / "spool" / prior.StudyInstanceUID).rglob(
         "*.dcm")}
     assert spooled_series <= {prior.SeriesInstanceUID}  # only the requested series; gone once its jobs ended
-    assert len(orthanc.series_of(prior.StudyInstanceUID)) == 7
+    assert len(orthanc.series_of(prior.StudyInstanceUID)) == 9
 
 
 def test_a_pacs_without_orthancs_api_is_asked_with_c_move(pacs, tmp_path: Path) -> None:
