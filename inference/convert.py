@@ -1,10 +1,12 @@
 """Convert ProgEmu's / Emu3's original hub layout to the Hugging Face format.
 
-The original layout is the remote-code ``Emu3ForCausalLM`` (Llama-style keys,
-a tiktoken vocabulary file) plus a separate vision tokenizer (``Emu3VisionVQ``).
-The weight and tokenizer mapping follows transformers'
+The original layout is three folders, as ProgEmu's inference script loads them:
+the fine-tuned remote-code ``Emu3ForCausalLM`` (Llama-style keys, safetensors,
+one file or sharded with an index), BAAI's Emu3 text tokenizer (``emu3.tiktoken``
+and ``emu3_vision_tokens.txt``, whose order fixes the special ids) and BAAI's
+vision tokenizer (``Emu3VisionVQ``). The weight mapping follows transformers'
 ``convert_emu3_weights_to_hf.py``; the vocabulary is rebuilt with transformers'
-own ``TikTokenConverter``.
+own ``TikTokenConverter``. Pickled weights are refused: unpickling runs code.
 """
 
 from __future__ import annotations
@@ -21,12 +23,19 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 
 from inference.checkpoint import SPEC_NAME, check_safetensors, read_json, weight_files, write_manifest
 from inference.errors import CheckpointError
-from inference.sequence import BOS, EOS, IMAGE_END, IMAGE_START, IMAGE_TOKEN, PAD, visual_token_name
+from inference.sequence import BOS, EOS, IMAGE_END, IMAGE_START, IMAGE_TOKEN, PAD, TokenLayout, visual_token_name
 from inference.text_tokenizer import vocabulary_map
 
 log = logging.getLogger(__name__)
 
 TIKTOKEN_FILE = "emu3.tiktoken"
+VISION_TOKENS_FILE = "emu3_vision_tokens.txt"
+"""BAAI's list of the specials after the 205 extras: image token, image start, image end, then the visual tokens."""
+PICKLED_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.bin.index.json")
+CONFIG_TOKEN_IDS = {"pad_token_id": "pad", "bos_token_id": "bos", "eos_token_id": "eos", "img_token_id": "image_token",
+                    "boi_token_id": "image_start", "eoi_token_id": "image_end", "eol_token_id": "eol",
+                    "eof_token_id": "eof"}
+"""Token ids that Emu3's ``config.json`` names, to the :class:`TokenLayout` field that must agree."""
 VISION_DIR = "vision_tokenizer"
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
@@ -44,16 +53,28 @@ VQ_CONFIG_KEYS = {"codebook_size": "codebook_size", "embed_dim": "embed_dim", "z
                   "attn_resolutions": "attn_resolutions"}
 
 
-def special_tokens(codebook_size: int) -> list[str]:
-    """Emu3's specials in id order after the text vocabulary: pad, chat, 205 extras, image markers, visual."""
+def emu3_vision_tokens(codebook_size: int) -> list[str]:
+    """What BAAI's ``emu3_vision_tokens.txt`` lists: the image markers, then one token per VQ code."""
+    return [IMAGE_TOKEN, IMAGE_START, IMAGE_END, *(visual_token_name(code) for code in range(codebook_size))]
+
+
+def special_tokens(vision_tokens: list[str]) -> list[str]:
+    """Emu3's specials in id order after the text vocabulary (as its ``Emu3Tokenizer`` numbers them)."""
     extras = [f"<|extra_{i}|>" for i in range(205)]
-    return [PAD, "<|im_start|>", "<|im_end|>", *extras, IMAGE_TOKEN, IMAGE_START, IMAGE_END,
-            *(visual_token_name(code) for code in range(codebook_size))]
+    return [PAD, "<|im_start|>", "<|im_end|>", *extras, *vision_tokens]
 
 
-def convert_tokenizer(tiktoken_file: Path, codebook_size: int) -> PreTrainedTokenizerFast:
+def read_vision_tokens(path: Path) -> list[str]:
+    """The non-empty lines of ``emu3_vision_tokens.txt``, as ``Emu3Tokenizer`` reads them."""
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise CheckpointError(f"the text tokenizer {path.parent} lacks {path.name}") from None
+
+
+def convert_tokenizer(tiktoken_file: Path, vision_tokens: list[str]) -> PreTrainedTokenizerFast:
     converter = TikTokenConverter(vocab_file=str(tiktoken_file), pattern=QWEN_PATTERN,
-                                  extra_special_tokens=special_tokens(codebook_size))
+                                  extra_special_tokens=special_tokens(vision_tokens))
     return PreTrainedTokenizerFast(tokenizer_object=converter.converted(), bos_token=BOS, eos_token=EOS,
                                    pad_token=PAD)
 
@@ -67,7 +88,21 @@ def _rename(state: dict[str, torch.Tensor], patterns: dict[str, str]) -> dict[st
     return renamed
 
 
+def refuse_pickled(directory: Path) -> None:
+    """Refuse a folder whose weights are only pickled (``pytorch_model.bin``, ``*.pt``, ``*.ckpt``), in one line."""
+    if (directory / "model.safetensors").exists() or (directory / "model.safetensors.index.json").exists():
+        return
+    pickled = sorted(p.name for pattern in PICKLED_PATTERNS for p in directory.glob(pattern))
+    if pickled:
+        raise CheckpointError(
+            f"{directory} holds pickled weights ({', '.join(pickled)}), which are never loaded here (unpickling can "
+            "run code); convert them in a trusted environment: load with torch.load(path, weights_only=True) and "
+            "save with safetensors.torch.save_file, or load with transformers and save_pretrained(out, "
+            "safe_serialization=True)")
+
+
 def _load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    refuse_pickled(directory)
     state: dict[str, torch.Tensor] = {}
     for file in weight_files(directory):
         check_safetensors(file)
@@ -82,17 +117,31 @@ def _check_original(llm: dict, vq: dict, llm_dir: Path, vq_dir: Path) -> None:
         raise CheckpointError(f"{vq_dir} is not an original-layout Emu3 vision tokenizer")
 
 
-def convert_checkpoint(source: str | Path, out: str | Path, *, vision_dir: str | Path | None = None,
-                       spec: dict | None = None) -> str:
-    """Write an HF-format checkpoint (with ``progemu.json`` and manifest) to ``out``; return its identity."""
+def _check_token_ids(llm: dict, layout: TokenLayout) -> None:
+    """The ids the model was trained with (its ``config.json``) must be the ones the tokenizer gives."""
+    wrong = [f"{key} {llm[key]} != {getattr(layout, field)}" for key, field in CONFIG_TOKEN_IDS.items()
+             if key in llm and llm[key] is not None and int(llm[key]) != getattr(layout, field)]
+    if wrong:
+        raise CheckpointError(f"the model's config.json and the text tokenizer disagree: {'; '.join(wrong)}")
+
+
+def convert_checkpoint(source: str | Path, out: str | Path, *, text_tokenizer_dir: str | Path | None = None,
+                       vision_dir: str | Path | None = None, spec: dict | None = None) -> str:
+    """Write an HF-format checkpoint (with ``progemu.json`` and manifest) to ``out``; return its identity.
+
+    ``text_tokenizer_dir`` (default: ``source``) holds BAAI's ``emu3.tiktoken`` and ``emu3_vision_tokens.txt``;
+    ``vision_dir`` (default: ``source/vision_tokenizer``) BAAI's vision tokenizer.
+    """
     llm_dir = Path(source)
+    text_dir = Path(text_tokenizer_dir) if text_tokenizer_dir else llm_dir
     vq_dir = Path(vision_dir) if vision_dir else llm_dir / VISION_DIR
     llm_config, vq_config = read_json(llm_dir / "config.json"), read_json(vq_dir / "config.json")
     _check_original(llm_config, vq_config, llm_dir, vq_dir)
-    if not (llm_dir / TIKTOKEN_FILE).exists():
-        raise CheckpointError(f"{llm_dir} lacks its vocabulary file {TIKTOKEN_FILE}")
+    if not (text_dir / TIKTOKEN_FILE).exists():
+        raise CheckpointError(f"the text tokenizer {text_dir} lacks its vocabulary file {TIKTOKEN_FILE}")
     codebook = int(vq_config["codebook_size"])
-    tokenizer = convert_tokenizer(llm_dir / TIKTOKEN_FILE, codebook)
+    tokenizer = convert_tokenizer(text_dir / TIKTOKEN_FILE, read_vision_tokens(text_dir / VISION_TOKENS_FILE))
+    _check_token_ids(llm_config, TokenLayout.from_tokenizer(tokenizer, codebook))
     text = {k: llm_config[k] for k in TEXT_CONFIG_KEYS if k in llm_config}
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": float(llm_config.get("rope_theta", 1e6))}
     text["attention_dropout"] = 0.0
@@ -129,5 +178,5 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, vision_dir: str |
                     "image_size": 512, "max_text_tokens": 200}
     (directory / SPEC_NAME).write_text(json.dumps(spec, indent=2) + "\n")
     identity = write_manifest(directory)
-    log.info("converted %s + %s to %s (sha256 %s)", llm_dir, vq_dir, directory, identity)
+    log.info("converted %s + %s + %s to %s (sha256 %s)", llm_dir, text_dir, vq_dir, directory, identity)
     return identity

@@ -36,9 +36,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     convert = commands.add_parser("convert-checkpoint",
                                   help="convert ProgEmu's/Emu3's original hub layout to the Hugging Face format")
-    convert.add_argument("source", type=Path, help="original layout: remote-code Emu3ForCausalLM + emu3.tiktoken")
+    convert.add_argument("source", type=Path,
+                         help="the language model as published: remote-code Emu3ForCausalLM, safetensors")
     convert.add_argument("out", type=Path, help="where the HF-format checkpoint goes")
-    convert.add_argument("--vision-tokenizer", type=Path, help="vision tokenizer (default: SOURCE/vision_tokenizer)")
+    convert.add_argument("--text-tokenizer", type=Path,
+                         help="BAAI's Emu3 text tokenizer (emu3.tiktoken, emu3_vision_tokens.txt; default: SOURCE)")
+    convert.add_argument("--vision-tokenizer", type=Path,
+                         help="BAAI's Emu3 vision tokenizer (default: SOURCE/vision_tokenizer)")
     convert.add_argument("--version", default="progemu", help="model version recorded in every output")
     convert.add_argument("--image-size", type=int, default=512)
     convert.set_defaults(handler=_convert)
@@ -89,7 +93,8 @@ def _convert(args: argparse.Namespace) -> None:
 
     spec = {"name": "ProgEmu", "version": args.version, "image_size": args.image_size,
             "max_text_tokens": ModelSpec.max_text_tokens}
-    identity = convert_checkpoint(args.source, args.out, vision_dir=args.vision_tokenizer, spec=spec)
+    identity = convert_checkpoint(args.source, args.out, text_tokenizer_dir=args.text_tokenizer,
+                                  vision_dir=args.vision_tokenizer, spec=spec)
     print(f"converted {args.source} to {args.out} (checkpoint sha256 {identity})")
 
 
