@@ -35,7 +35,7 @@ from dicom_io.output_common import (
 )
 from dicom_io.records import SYNTHETIC_NOTICE, AlgorithmRecord, CounterfactualText, ResultChecks
 from dicom_io.rendering import load_font
-from dicom_io.report_page import NOT_AN_ACQUISITION, render_report_page
+from dicom_io.report_page import NOT_AN_ACQUISITION, RenderedPage, render_report_page
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,15 @@ def render_report_pdf(
     text: CounterfactualText,
     checks: ResultChecks,
     now: datetime.datetime | None = None,
+    rendered: RenderedPage | None = None,
 ) -> bytes:
-    """The report as PDF bytes: the marking of a flagged result, the three panels, then every text as real text."""
+    """The report as PDF bytes: the marking of a flagged result, the three panels, then every text as real text.
+
+    ``rendered``: the report page already drawn from the same inputs (its panels are cut out), else drawn here.
+    """
     now = now or datetime.datetime.now()
-    page = render_report_page(prior, prior_pixels, counterfactual_pixels, algorithm=algorithm, text=text,
-                              checks=checks, now=now)
+    page = rendered or render_report_page(prior, prior_pixels, counterfactual_pixels, algorithm=algorithm,
+                                          text=text, checks=checks, now=now)
     pdf = _ReportPDF(orientation="landscape", format="A4")
     pdf.set_title(f"{SYNTHETIC_NOTICE} - {DOCUMENT_TITLE}")
     pdf.set_author(algorithm.manufacturer)
@@ -160,13 +164,14 @@ def build_pdf_report(
     text: CounterfactualText,
     checks: ResultChecks,
     series_number: int = 9904,
+    rendered: RenderedPage | None = None,
 ) -> pydicom.Dataset:
     """Build the Encapsulated PDF: the prior's patient and study, a new series, derived from the prior and ``sc``."""
     if sc.StudyInstanceUID != prior.StudyInstanceUID:
         raise ValueError("the counterfactual SC is not in the prior's study")
     now = datetime.datetime.now()
     document = render_report_pdf(prior, prior_pixels, counterfactual_pixels, algorithm=algorithm, text=text,
-                                 checks=checks, now=now)
+                                 checks=checks, now=now, rendered=rendered)
     equipment = Equipment.of(algorithm)
     ds = highdicom.SOPClass(
         study_instance_uid=prior.StudyInstanceUID,

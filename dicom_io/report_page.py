@@ -89,15 +89,17 @@ def build_report_page(
     series_number: int = 9903,
     series_instance_uid: str | None = None,
     counterfactual_sop_instance_uid: str | None = None,
+    rendered: RenderedPage | None = None,
 ) -> highdicom.sc.SCImage:
     """Build the report page SC (pixels float in [0, 1], 1 = white, both at the prior's rows x columns).
 
     Same patient and study as ``prior``, a new series; the SourceImageSequence points at the prior and,
-    when its UID is given, at the counterfactual SC, so the page can be traced to both.
+    when its UID is given, at the counterfactual SC, so the page can be traced to both. ``rendered``: the page
+    :func:`render_report_page` already drew from the same inputs (the PDF report reuses it), else it is drawn here.
     """
     now = datetime.datetime.now()
-    page = render_report_page(prior, prior_pixels, counterfactual_pixels, algorithm=algorithm, text=text,
-                              checks=checks, now=now)
+    page = rendered or render_report_page(prior, prior_pixels, counterfactual_pixels, algorithm=algorithm,
+                                          text=text, checks=checks, now=now)
     # the page has no patient orientation of its own
     sc = synthetic_secondary_capture(prior, page.pixels, algorithm=algorithm, series_number=series_number,
                                      series_instance_uid=series_instance_uid, label="report page",

@@ -25,7 +25,7 @@ from dicom_io.geometry import from_square, to_square
 from dicom_io.pdf_report import build_pdf_report
 from dicom_io.reader import PriorImage, check_patient_record, read_prior
 from dicom_io.records import AlgorithmRecord, ConsistencyCheck, CounterfactualText, ResultChecks
-from dicom_io.report_page import build_report_page
+from dicom_io.report_page import build_report_page, render_report_page
 from dicom_io.sc import build_counterfactual_sc
 from dicom_io.spool import write_atomically
 from dicom_io.sr import HypothesisFinding, build_counterfactual_sr
@@ -132,10 +132,13 @@ class CounterfactualUseCase:
         sc = build_counterfactual_sc(prior.dataset, counterfactual, algorithm=algorithm, text=text, checks=checks)
         sr = build_counterfactual_sr(prior.dataset, sc, algorithm=algorithm, text=text, checks=checks,
                                      finding=_hypothesis_finding(consistency.hypothesis_finding))
+        # drawn once: the report page SC and the PDF show the same pixels
+        rendered = render_report_page(prior.dataset, prior.pixels, counterfactual, algorithm=algorithm, text=text,
+                                      checks=checks)
         page = build_report_page(prior.dataset, prior.pixels, counterfactual, algorithm=algorithm, text=text,
-                                 checks=checks, counterfactual_sop_instance_uid=sc.SOPInstanceUID)
+                                 checks=checks, counterfactual_sop_instance_uid=sc.SOPInstanceUID, rendered=rendered)
         pdf = build_pdf_report(prior.dataset, prior.pixels, counterfactual, sc=sc, algorithm=algorithm, text=text,
-                               checks=checks) if self.config.pdf_report else None
+                               checks=checks, rendered=rendered) if self.config.pdf_report else None
         fhir = build_fhir_bundle(prior.dataset, sr, sc, algorithm=algorithm, text=text, checks=checks,
                                  fhir_version=self.config.fhir_version)
         preview = render_preview(prior.pixels, counterfactual,

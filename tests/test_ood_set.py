@@ -18,6 +18,8 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from tests.support.git_repos import bare_clone, committed_repo
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "real_data"
 REPO = "someone/xray-samples"
 
@@ -36,16 +38,7 @@ def png(array: np.ndarray, mode: str) -> bytes:
 
 def bare_mirror(root: Path, files: dict[str, bytes]) -> tuple[Path, str]:
     """A bare clone of a repository holding ``files`` (what the fetched mirrors are), and its HEAD commit."""
-    work = root / "work"
-    for path, data in files.items():
-        (work / path).parent.mkdir(parents=True, exist_ok=True)
-        (work / path).write_bytes(data)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q", str(work)], check=True)
-    subprocess.run([*git, "-C", str(work), "add", "."], check=True)
-    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "images"], check=True)
-    mirror = root / "mirrors" / REPO.replace("/", "+") / "repo"
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(mirror)], check=True)
+    mirror = bare_clone(committed_repo(root / "work", files), root / "mirrors" / REPO.replace("/", "+") / "repo")
     head = subprocess.run(["git", "-C", str(mirror), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     return mirror, head.stdout.strip()
 

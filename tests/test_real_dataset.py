@@ -23,6 +23,7 @@ from inference.data.phantom import Findings, render_chest, sample_anatomy
 from inference.data.real_findings import Base, prepare_base, render, render_pair
 from inference.evaluation.evaluate import NEGATIVE, POSITIVE, measurement
 from plugin.cli import main
+from tests.support.git_repos import bare_clone, committed_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILDER = ROOT / "scripts" / "real_data" / "build_backgrounds.py"
@@ -215,18 +216,8 @@ def test_cli_make_dataset_backgrounds(backgrounds: Path, tmp_path: Path, capsys:
 
 def git_repo(root: Path, files: dict[str, bytes], *, bare: bool = False) -> Path:
     """A repository with ``files`` committed; a bare clone of it if asked (what the mirrors are)."""
-    work = root / "work"
-    for path, data in files.items():
-        (work / path).parent.mkdir(parents=True, exist_ok=True)
-        (work / path).write_bytes(data)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "-c", "init.defaultBranch=main"]
-    subprocess.run([*git, "init", "-q", str(work)], check=True)
-    subprocess.run([*git, "-C", str(work), "add", "."], check=True)
-    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "films"], check=True)
-    if not bare:
-        return work
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "mirror.git")], check=True)
-    return root / "mirror.git"
+    work = committed_repo(root / "work", files)
+    return bare_clone(work, root / "mirror.git") if bare else work
 
 
 def rgba_png() -> bytes:
